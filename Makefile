@@ -1,0 +1,52 @@
+# Two commands on a fresh clone: `make run` (the whole pipeline on the demo data) and `make test`.
+# Both create .venv and install the project into it when it is missing or out of date.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+
+# demo dataset size (totals over train/val/test) and seed
+DEMO_VEHICLES ?= 1200
+DEMO_PEDESTRIANS ?= 1200
+DEMO_SEED ?= 0
+
+.PHONY: venv run test metrics clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	@test -d .git || { echo "make run needs a git checkout (DVC requires one): git init first"; exit 1; }
+	@if [ ! -d data/raw ]; then \
+	  echo "== generating the demo dataset into data/raw"; \
+	  trafficlip synth --out data/raw --vehicles $(DEMO_VEHICLES) --pedestrians $(DEMO_PEDESTRIANS) --seed $(DEMO_SEED); \
+	fi
+	@echo "== tracking data/raw with DVC"
+	dvc add --quiet data/raw
+	@echo "== dvc repro"
+	dvc repro
+	dvc push --quiet || echo "(dvc push to the local remote failed; the pipeline results are still valid)"
+	@echo "== validation metrics (metrics/eval.json)"
+	@trafficlip metrics
+	@if [ -f data/raw/test/test_ground_truth.txt ]; then \
+	  echo "== test submission outputs/submission.json scored against data/raw/test/test_ground_truth.txt"; \
+	  trafficlip score --submission outputs/submission.json --ground-truth data/raw/test/test_ground_truth.txt; \
+	fi
+
+metrics: $(STAMP)
+	@trafficlip metrics
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf data/prepared models outputs reports metrics

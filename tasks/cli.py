@@ -1,0 +1,190 @@
+"""The `trafficlip` command (also `python -m tasks`): one subcommand per pipeline step.
+
+Default paths are the ones dvc.yaml uses, so `trafficlip train` in the project root does what the
+DVC stage does. Errors a user can act on are printed as one line (file, line, field, expectation)
+with exit status 2; no traceback reaches the user unless TRAFFICLIP_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import yaml
+
+from tasks.errors import TrafficlipError
+
+
+def _overrides(pairs: list[str]) -> dict:
+    result = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or "." not in key:
+            raise TrafficlipError(f"--set {pair!r}: expected section.key=value, e.g. train.lr=0.001")
+        result[key.strip()] = yaml.safe_load(value)
+    return result
+
+
+def _params(args) -> dict:
+    from tasks import params
+    return params.load(args.params, _overrides(args.set))
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def cmd_synth(args) -> int:
+    from tasks import synth
+    _print_json(synth.generate(args.out, vehicles=args.vehicles, pedestrians=args.pedestrians, seed=args.seed,
+                               val_fraction=args.val_fraction, test_fraction=args.test_fraction))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from tasks import validate
+    on_error = args.on_error or _params(args)["data"]["on_error"]
+    report = validate.run(args.data, on_error, args.report)
+    _print_json({"splits": report["splits"], "problems": report["problems"], "report": args.report})
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from tasks import prepare
+    _print_json(prepare.run(_params(args), args.data, args.out))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from tasks import train
+    _print_json(train.run(_params(args), args.data, args.out, args.reports))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from tasks import evaluate
+    metrics = evaluate.run(_params(args), args.data, args.model, args.initial, args.metrics, args.per_query)
+    print(metrics_table(metrics))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from tasks import predict
+    _print_json(predict.run(_params(args), args.data, args.model, args.out))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from tasks import submission
+    _print_json(submission.score(args.submission, args.ground_truth))
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    path = Path(args.metrics)
+    if not path.is_file():
+        raise TrafficlipError(f"{path}: metrics file not found; run the pipeline first (make run)")
+    print(metrics_table(json.loads(path.read_text())))
+    return 0
+
+
+def metrics_table(metrics: dict) -> str:
+    """A plain-text table: one row per category, trained next to baseline."""
+    columns = ("map_at_10", "trec_ap_at_10", "recall_at_1", "recall_at_5", "recall_at_10", "mean_rank",
+               "median_rank", "queries")
+    header = f"{'':<22}" + "".join(f"{c:>14}" for c in columns)
+    lines = [header]
+    for group, label in ((metrics, "model"), (metrics.get("baseline"), "baseline")):
+        if not group:
+            continue
+        for category in ("overall", "vehicle", "pedestrian"):
+            row = group.get(category) or {}
+            cells = "".join(f"{'-' if row.get(c) is None else (f'{row[c]:.4f}' if isinstance(row[c], float) else row[c]):>14}"
+                            for c in columns)
+            lines.append(f"{label + ' ' + category:<22}{cells}")
+    if "relevance_rule" in metrics:
+        lines.append(f"(pedestrian relevance rule: {metrics['relevance_rule']}; map_at_10 is the organisers' rule)")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trafficlip", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_params(p):
+        p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+        p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                       help="override one parameter, e.g. --set train.epochs=2 (repeatable)")
+        return p
+
+    p = sub.add_parser("synth", help="generate the demo dataset in the challenge's format")
+    p.add_argument("--out", default="data/raw")
+    p.add_argument("--vehicles", type=int, default=1200)
+    p.add_argument("--pedestrians", type=int, default=1200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of each category in val/")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="share of each category in test/")
+    p.set_defaults(func=cmd_synth)
+
+    p = with_params(sub.add_parser("validate", help="check a dataset and write a validation report"))
+    p.add_argument("--data", default="data/raw")
+    p.add_argument("--on-error", choices=("fail", "quarantine"), help="default: params data.on_error")
+    p.add_argument("--report", default="reports/validation_report.json")
+    p.set_defaults(func=cmd_validate)
+
+    p = with_params(sub.add_parser("prepare", help="validate and decode every image once into a cache"))
+    p.add_argument("--data", default="data/raw")
+    p.add_argument("--out", default="data/prepared")
+    p.set_defaults(func=cmd_prepare)
+
+    p = with_params(sub.add_parser("train", help="train / fine-tune the CLIP model"))
+    p.add_argument("--data", default="data/prepared")
+    p.add_argument("--out", default="models")
+    p.add_argument("--reports", default="reports")
+    p.set_defaults(func=cmd_train)
+
+    p = with_params(sub.add_parser("evaluate", help="score the model and the baseline on the validation split"))
+    p.add_argument("--data", default="data/prepared")
+    p.add_argument("--model", default="models/model")
+    p.add_argument("--initial", default="models/initial")
+    p.add_argument("--metrics", default="metrics/eval.json")
+    p.add_argument("--per-query", default="reports/eval_queries.json")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = with_params(sub.add_parser("predict", help="write the submission for the test split"))
+    p.add_argument("--data", default="data/prepared")
+    p.add_argument("--model", default="models/model")
+    p.add_argument("--out", default="outputs/submission.json")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("score", help="score a submission against a ground-truth file (organisers' format)")
+    p.add_argument("--submission", required=True)
+    p.add_argument("--ground-truth", required=True)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("metrics", help="print the metrics table of the last evaluation")
+    p.add_argument("--metrics", default="metrics/eval.json")
+    p.set_defaults(func=cmd_metrics)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TrafficlipError as exc:
+        print(f"trafficlip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"trafficlip {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so plainly, keep the traceback for those who ask
+        if os.environ.get("TRAFFICLIP_DEBUG"):
+            traceback.print_exc()
+        print(f"trafficlip {args.command}: internal error: {type(exc).__name__}: {exc} "
+              "(set TRAFFICLIP_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 3

@@ -1,0 +1,66 @@
+"""Logging and progress: a progress bar on a terminal, plain periodic lines otherwise (Airflow logs).
+
+Every line carries the step name and, when there is one, the run id (Airflow's or MLflow's).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+_configured = False
+
+
+class _Context(logging.Filter):
+    def __init__(self, step: str):
+        super().__init__()
+        self.step = step
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # open_clip warns for every randomly initialised model: that is this project's normal case.
+        if record.getMessage().startswith("No pretrained weights loaded"):
+            return False
+        record.step = self.step
+        record.run_id = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") or os.environ.get("MLFLOW_RUN_ID") or "-"
+        return True
+
+
+def setup(step: str) -> logging.Logger:
+    global _configured
+    root = logging.getLogger()
+    if not _configured:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(step)s run=%(run_id)s] %(message)s",
+                                               "%H:%M:%S"))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+        logging.getLogger("trafficlip").setLevel(logging.INFO)
+        _configured = True
+    for handler in root.handlers:
+        for f in [f for f in handler.filters if isinstance(f, _Context)]:
+            handler.removeFilter(f)
+        handler.addFilter(_Context(step))
+    return logging.getLogger(f"trafficlip.{step}")
+
+
+def progress(items: Iterable[T], total: int, desc: str, logger: logging.Logger,
+             every_seconds: float = 15.0) -> Iterator[T]:
+    """tqdm on a terminal; otherwise an INFO line every ``every_seconds`` and at the end."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        yield from tqdm(items, total=total, desc=desc, dynamic_ncols=True)
+        return
+    start = last = time.monotonic()
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if now - last >= every_seconds or done == total:
+            rate = done / max(now - start, 1e-9)
+            logger.info("%s: %d/%d (%.1f/s)", desc, done, total, rate)
+            last = now

@@ -1,0 +1,172 @@
+"""params.yaml: one loader, one schema. Unknown or ill-typed keys are errors naming key and line.
+
+Each pipeline step reads only its own section; dvc.yaml lists the keys each stage depends on, so a
+change reruns only what depends on it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from tasks.errors import InputError
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: type | tuple[type, ...]
+    default: Any
+    help: str
+    check: Callable[[Any], bool] | None = None
+    expected: str = ""
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _non_negative(v) -> bool:
+    return v >= 0
+
+
+def _one_of(*choices):
+    return lambda v: v in choices
+
+
+def _between(lo, hi):
+    return lambda v: lo <= v <= hi
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "data": {
+        "on_error": Key(str, "quarantine", "what a bad label line or image does: fail | quarantine",
+                        _one_of("fail", "quarantine"), "'fail' or 'quarantine'"),
+    },
+    "model": {
+        "name": Key(str, "TrafficCLIP-Tiny", "open_clip architecture name (ours in tasks/model_configs)"),
+        "pretrained": Key(str, "", "open_clip pretrained tag, a local checkpoint folder or file, or '' for random init"),
+    },
+    "prepare": {
+        "shard_size": Key(int, 4096, "images per decoded-image cache shard", _positive, "an integer >= 1"),
+    },
+    "train": {
+        "epochs": Key(int, 12, "passes over the training pairs", _positive, "an integer >= 1"),
+        "batch_size": Key(int, 128, "pairs per step", _positive, "an integer >= 1"),
+        "lr": Key((int, float), 1e-3, "peak AdamW learning rate", _positive, "a number > 0"),
+        "weight_decay": Key((int, float), 0.1, "AdamW weight decay", _non_negative, "a number >= 0"),
+        "warmup_steps": Key(int, 50, "linear warmup steps before the cosine decay", _non_negative, "an integer >= 0"),
+        "grad_clip": Key((int, float), 1.0, "max gradient norm, 0 = off", _non_negative, "a number >= 0"),
+        "batching": Key(str, "by_category", "by_category (each batch holds one category: harder negatives) | mixed",
+                        _one_of("by_category", "mixed"), "'by_category' or 'mixed'"),
+        "seed": Key(int, 0, "seed for initialisation and data order"),
+        "precision": Key(str, "auto", "auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16",
+                         _one_of("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'"),
+        "threads": Key(int, 0, "CPU threads for torch, 0 = torch's default", _non_negative, "an integer >= 0"),
+        "checkpoint_every_steps": Key(int, 0, "also checkpoint every N steps inside an epoch, 0 = per epoch only",
+                                      _non_negative, "an integer >= 0"),
+    },
+    "evaluate": {
+        "top_k": Key(int, 10, "ranked list length scored (the challenge uses 10)", _between(1, 1000), "an integer 1..1000"),
+        "pedestrian_relevance": Key(str, "strict", "strict (equal 21-bit vectors) | inclusion (same gender, "
+                                    "query bits subset of image bits)", _one_of("strict", "inclusion"),
+                                    "'strict' or 'inclusion'"),
+        "batch_size": Key(int, 256, "images or texts per embedding batch", _positive, "an integer >= 1"),
+        "baseline": Key(bool, True, "also score the untrained (initial) model"),
+    },
+    "predict": {
+        "top_k": Key(int, 10, "image names per query in the submission", _between(1, 1000), "an integer 1..1000"),
+    },
+}
+
+
+def defaults() -> dict:
+    return {section: {name: copy.deepcopy(key.default) for name, key in keys.items()}
+            for section, keys in SCHEMA.items()}
+
+
+def _type_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _line_map(text: str) -> dict[tuple[str, ...], int]:
+    """(section, key) -> 1-based line in the YAML text, from the composed node tree."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(n, path):
+        if isinstance(n, yaml.MappingNode):
+            for key_node, value_node in n.value:
+                p = path + (str(key_node.value),)
+                lines[p] = key_node.start_mark.line + 1
+                walk(value_node, p)
+    walk(node, ())
+    return lines
+
+
+def validate(raw: Any, file: str | Path = "params.yaml", text: str | None = None) -> dict:
+    """Check a parsed params mapping against SCHEMA; return it with defaults filled in."""
+    lines = _line_map(text) if text is not None else {}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError(file, "top level is not a mapping", expected="sections such as 'train:'")
+    result = defaults()
+    for section, values in raw.items():
+        if section not in SCHEMA:
+            raise InputError(file, f"unknown section '{section}'", line=lines.get((str(section),)),
+                             field=str(section), expected="one of " + ", ".join(SCHEMA))
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise InputError(file, f"section '{section}' is not a mapping", line=lines.get((section,)),
+                             field=section, expected="key: value lines")
+        for name, value in values.items():
+            where = lines.get((section, str(name)))
+            dotted = f"{section}.{name}"
+            key = SCHEMA[section].get(name)
+            if key is None:
+                raise InputError(file, f"unknown key '{dotted}'", line=where, field=dotted,
+                                 expected="one of " + ", ".join(f"{section}.{k}" for k in SCHEMA[section]))
+            kinds = key.kind if isinstance(key.kind, tuple) else (key.kind,)
+            if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+                raise InputError(file, f"{value!r} has the wrong type", line=where, field=dotted,
+                                 expected=key.expected or _type_name(key.kind))
+            if key.check is not None and not key.check(value):
+                raise InputError(file, f"{value!r} is out of range", line=where, field=dotted,
+                                 expected=key.expected)
+            result[section][name] = value
+    return result
+
+
+def load(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> dict:
+    """Read and validate params.yaml; ``overrides`` maps 'section.key' to a value (validated too)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "parameters file not found", expected="a params.yaml file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputError(path, f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                         line=mark.line + 1 if mark else None) from None
+    params = validate(raw, path, text)
+    if overrides:
+        merged = copy.deepcopy(raw or {})
+        for dotted, value in overrides.items():
+            section, _, name = dotted.partition(".")
+            merged.setdefault(section, {})
+            if merged[section] is None:
+                merged[section] = {}
+            merged[section][name] = value
+        params = validate(merged, f"{path} (with overrides)")
+    return params

@@ -1,0 +1,265 @@
+"""Step `train`: fine-tune (or train from scratch) an open_clip model on the prepared pairs.
+
+Read top to bottom: config, data, model, optimizer, schedule, loop, checkpoint.
+- AdamW (fused where the device supports it), linear warmup then cosine decay, gradient clipping.
+- bf16 autocast on GPU (precision auto|bf16), fp32 on CPU; seeded and deterministic on CPU.
+- A checkpoint (local-dir folder + optimizer state) at the end of every epoch, and every
+  ``checkpoint_every_steps`` if set; rerunning resumes from the last complete one when the
+  configuration is unchanged, and ends with the same weights as an uninterrupted run.
+- Per-step loss and learning rate go to ``reports/train_steps.csv`` (a DVC plot).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tasks import log, models
+from tasks.atomic import atomic_path, read_json, write_json, write_text
+from tasks.errors import TrafficlipError
+from tasks.images import ImageCache, to_model_input
+from tasks.prepare import MANIFEST
+
+STEPS_CSV_FIELDS = ("step", "epoch", "loss", "lr")
+
+
+def lr_at(step: int, total_steps: int, peak: float, warmup: int) -> float:
+    """Linear warmup to ``peak`` over ``warmup`` steps, then cosine decay to 0 at ``total_steps``."""
+    if warmup and step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_batches(groups: list[torch.Tensor], batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """The batches of one epoch: each group shuffled and cut into full batches, batch order shuffled.
+
+    Depends only on (seed, epoch), so a resumed run sees exactly the batches it would have seen.
+    """
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    batches = []
+    for group in groups:
+        shuffled = group[torch.randperm(len(group), generator=generator)]
+        usable = len(group) // batch_size * batch_size if len(group) >= batch_size else len(group)
+        batches.extend(shuffled[start:start + batch_size] for start in range(0, usable, batch_size)
+                       if len(shuffled[start:start + batch_size]) >= 2)
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on gains, biases, embeddings' scale and the logit scale (as open_clip_train)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if exclude else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float, dev: torch.device):
+    groups = _param_groups(model, weight_decay)
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    state = optimizer.state_dict()["state"]
+    return {f"{index}.{name}": value.detach().cpu().contiguous()
+            for index, entries in state.items() for name, value in entries.items() if torch.is_tensor(value)}
+
+
+def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state_dict = optimizer.state_dict()
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    state_dict["state"] = state
+    optimizer.load_state_dict(state_dict)
+
+
+def fingerprint(params: dict, data_dir: Path) -> str:
+    """What a checkpoint must match to be resumed: model and train params and the training data."""
+    digest = hashlib.sha256(json.dumps({"model": params["model"], "train": {
+        k: v for k, v in params["train"].items() if k not in ("threads", "checkpoint_every_steps")}},
+        sort_keys=True).encode())
+    for name in (MANIFEST, "images.json"):
+        path = data_dir / "train" / name
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class Checkpoints:
+    """``<out>/checkpoints/step_000123/`` folders and a ``last.json`` pointer written after each one."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.pointer = folder / "last.json"
+
+    def last(self) -> dict | None:
+        if not self.pointer.is_file():
+            return None
+        state = json.loads(self.pointer.read_text())
+        if not (self.folder / state["folder"] / models.WEIGHTS_FILE).is_file():
+            return None
+        return state
+
+    def save(self, clip, optimizer, state: dict, steps_csv: str) -> None:
+        name = f"step_{state['step']:07d}"
+        buffer = io.BytesIO()
+        with atomic_path(self.folder / ".optimizer.safetensors") as tmp:
+            save_file(_optimizer_tensors(optimizer), str(tmp))
+            optimizer_bytes = tmp.read_bytes()
+        (self.folder / ".optimizer.safetensors").unlink(missing_ok=True)
+        del buffer
+        models.save_checkpoint(clip, self.folder / name, extra={"trainer_state": state},
+                               files={"optimizer.safetensors": optimizer_bytes,
+                                      "train_steps.csv": steps_csv.encode()})
+        write_json(self.pointer, {**state, "folder": name})
+        for old in self.folder.glob("step_*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _steps_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=STEPS_CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def run(params: dict, data: str | Path, out: str | Path, reports: str | Path,
+        stop_after_steps: int | None = None) -> dict:
+    """Train; write ``<out>/model`` (final), ``<out>/initial`` (the starting model, for the baseline).
+
+    ``stop_after_steps`` interrupts the run after that many optimizer steps (tests use it to
+    simulate a crash); the next call resumes from the last checkpoint.
+    """
+    logger = log.setup("train")
+    cfg = params["train"]
+    data, out, reports = Path(data), Path(out), Path(reports)
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    dev = models.device()
+    torch.use_deterministic_algorithms(dev.type == "cpu", warn_only=True)
+    use_bf16 = cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and dev.type == "cuda")
+
+    # data: decoded images and every pair's text, tokenised once
+    manifest = read_json(data / "train" / MANIFEST, "trafficlip prepare")
+    pairs = manifest["pairs"]
+    images_meta = manifest["images"]
+    if len(pairs) < 2:
+        raise TrafficlipError(f"{data / 'train' / MANIFEST}: {len(pairs)} training pair(s); "
+                              "contrastive training needs at least 2")
+    images = ImageCache(data / "train").all()
+    image_index = torch.tensor([p["image"] for p in pairs], dtype=torch.long)
+
+    # model
+    clip = models.build(params["model"]["name"], params["model"]["pretrained"], seed=cfg["seed"])
+    if images.shape[1] != clip.image_size:
+        raise TrafficlipError(f"prepared images are {images.shape[1]} px but {clip.name} takes "
+                              f"{clip.image_size} px: rerun `prepare` for this model")
+    tokens = clip.tokenize([p["text"] for p in pairs])
+    if not (out / "initial").is_dir():
+        models.save_checkpoint(clip, out / "initial", extra={"role": "initial", "seed": cfg["seed"]})
+    clip.model.to(dev)
+    loss_fn = models.open_clip().ClipLoss()
+    optimizer = _optimizer(clip.model, cfg["lr"], cfg["weight_decay"], dev)
+
+    # batches drawn within one category are harder (a pedestrian is never a negative for a car query)
+    if cfg["batching"] == "by_category":
+        categories = [images_meta[p["image"]]["category"] for p in pairs]
+        groups = [torch.tensor([i for i, c in enumerate(categories) if c == name]) for name in sorted(set(categories))]
+    else:
+        groups = [torch.arange(len(pairs))]
+    batch_size = min(cfg["batch_size"], max(len(g) for g in groups))
+    steps_per_epoch = len(epoch_batches(groups, batch_size, cfg["seed"], 0))
+    total_steps = steps_per_epoch * cfg["epochs"]
+    warmup = min(cfg["warmup_steps"], total_steps // 2)
+
+    # resume from the last complete checkpoint if it was made with the same configuration
+    checkpoints = Checkpoints(out / "checkpoints")
+    run_fingerprint = fingerprint(params, data)
+    step, rows = 0, []
+    last = checkpoints.last()
+    if last and last.get("fingerprint") == run_fingerprint and last["step"] <= total_steps:
+        folder = checkpoints.folder / last["folder"]
+        resumed = models.load_checkpoint(folder)
+        clip.model.load_state_dict(resumed.model.state_dict())
+        _load_optimizer_tensors(optimizer, load_file(folder / "optimizer.safetensors"))
+        rows = list(csv.DictReader(io.StringIO((folder / "train_steps.csv").read_text())))
+        step = last["step"]
+        logger.info("resuming from %s (step %d of %d)", folder, step, total_steps)
+    elif last:
+        logger.info("checkpoint %s was made with other params or data; starting afresh", last["folder"])
+        checkpoints.clear()
+
+    logger.info("training %s on %d pairs: %d epochs x %d steps, batch %d, lr %g, %s on %s",
+                clip.name, len(pairs), cfg["epochs"], steps_per_epoch, batch_size, cfg["lr"],
+                "bf16" if use_bf16 else "fp32", dev)
+    clip.model.train()
+    started, trained_samples = time.monotonic(), 0
+    every = cfg["checkpoint_every_steps"]
+    first_step = step
+    bar = log.progress(range(step, total_steps), total_steps - step, "train", logger)
+    for step in bar:
+        epoch, offset = divmod(step, steps_per_epoch)
+        if offset == 0 or step == first_step:
+            batches = epoch_batches(groups, batch_size, cfg["seed"], epoch)
+        batch = batches[offset]
+        x = to_model_input(images[image_index[batch]], clip.mean, clip.std).to(dev, non_blocking=True)
+        t = tokens[batch].to(dev, non_blocking=True)
+        lr = lr_at(step, total_steps, cfg["lr"], warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            image_features, text_features, logit_scale = clip.model(x, t)[:3]
+            loss = loss_fn(image_features, text_features, logit_scale)
+        if not torch.isfinite(loss):
+            raise TrafficlipError(f"training diverged at step {step} (loss {loss.item()}); lower train.lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(clip.model.parameters(), cfg["grad_clip"])
+        optimizer.step()
+        with torch.no_grad():  # as CLIP: keep the temperature in a sane range
+            clip.model.logit_scale.clamp_(0, math.log(100))
+        trained_samples += len(batch)
+        rows.append({"step": step + 1, "epoch": epoch + 1, "loss": f"{loss.item():.6f}", "lr": f"{lr:.6g}"})
+        done = step + 1
+        if done % steps_per_epoch == 0 or (every and done % every == 0) or done == total_steps:
+            state = {"step": done, "epoch": done / steps_per_epoch, "fingerprint": run_fingerprint}
+            checkpoints.save(clip, optimizer, state, _steps_csv(rows))
+        if stop_after_steps is not None and done >= stop_after_steps and done < total_steps:
+            logger.info("stopping after step %d as asked (stop_after_steps)", done)
+            return {"interrupted_at": done}
+
+    elapsed = time.monotonic() - started
+    write_text(reports / "train_steps.csv", _steps_csv(rows))
+    models.save_checkpoint(clip, out / "model", extra={"role": "trained", "fingerprint": run_fingerprint,
+                                                       "steps": total_steps, "epochs": cfg["epochs"]})
+    summary = {"steps": total_steps, "epochs": cfg["epochs"], "pairs": len(pairs), "batch_size": batch_size,
+               "final_loss": float(rows[-1]["loss"]) if rows else None,
+               "samples_per_second": round(trained_samples / elapsed, 2) if trained_samples else None,
+               "seconds": round(elapsed, 2), "device": dev.type, "precision": "bf16" if use_bf16 else "fp32"}
+    write_json(reports / "train_summary.json", summary)
+    logger.info("trained: final loss %s, %s samples/s", summary["final_loss"], summary["samples_per_second"])
+    return summary

@@ -1,0 +1,87 @@
+"""The whole pipeline through `dvc repro` on a tiny dataset, in a temporary git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.submission import read_submission
+from tests.conftest import ROOT
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
+
+
+def _run(args, cwd, check=True):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, tiny_raw) -> Path:
+    repo = tmp_path_factory.mktemp("repo")
+    for name in PROJECT_FILES:
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "tasks", repo / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"].update(epochs=2, batch_size=16, warmup_steps=2, threads=1)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(tiny_raw, repo / "data" / "raw")
+    _run(["git", "init", "-q"], repo)
+    _run(["dvc", "add", "-q", "data/raw"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-q", "-m", "tiny"], repo)
+    _run(["dvc", "repro"], repo)
+    return repo
+
+
+def test_repro_runs_every_stage_and_writes_the_outputs(repo):
+    metrics = json.loads((repo / "metrics" / "eval.json").read_text())
+    for group in ("overall", "vehicle", "pedestrian"):
+        assert set(metrics[group]) >= {"map_at_10", "trec_ap_at_10", "recall_at_1", "recall_at_5",
+                                       "recall_at_10", "mean_rank", "median_rank"}
+        assert set(metrics["baseline"][group]) >= {"map_at_10", "recall_at_1"}
+    queries = (repo / "data" / "raw" / "test" / "test_text.txt").read_text().splitlines()
+    submission = read_submission(repo / "outputs" / "submission.json")
+    assert [text for text, _ in submission] == queries
+    assert (repo / "dvc.lock").is_file() and (repo / "reports" / "train_steps.csv").is_file()
+    report = json.loads((repo / "data" / "prepared" / "validation_report.json").read_text())
+    assert report["problems"] == 0
+
+
+def test_unchanged_workspace_reruns_nothing(repo):
+    result = _run(["dvc", "repro"], repo)
+    assert "Running stage" not in result.stdout
+    assert _run(["dvc", "status"], repo).stdout.strip().endswith("up to date.")
+
+
+def test_changing_an_evaluate_param_reruns_only_evaluate(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["pedestrian_relevance"] = "inclusion"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    result = _run(["dvc", "repro"], repo)
+    ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'evaluate':"]
+    assert json.loads((repo / "metrics" / "eval.json").read_text())["relevance_rule"] == "inclusion"
+    shown = _run(["dvc", "metrics", "diff", "--json"], repo)
+    assert "metrics/eval.json" in shown.stdout
+
+
+def test_dvc_experiment_with_a_changed_learning_rate(repo):
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-q", "-m", "after repro"], repo)
+    _run(["dvc", "exp", "run", "-S", "train.lr=0.0005", "-n", "lower-lr"], repo)
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout)
+    assert "lower-lr" in json.dumps(shown)

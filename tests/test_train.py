@@ -1,0 +1,94 @@
+"""Model checkpoints and the training loop: round trip, schedule, deterministic resume (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tasks import models, train
+from tests.conftest import tiny_params
+
+
+def test_checkpoint_round_trip_is_an_open_clip_local_dir(tmp_path):
+    clip = models.build("TrafficCLIP-Tiny", seed=1)
+    models.save_checkpoint(clip, tmp_path / "ckpt", extra={"note": "x"})
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [models.CONFIG_FILE, models.WEIGHTS_FILE]
+    # open_clip loads the folder by itself
+    loaded = models.open_clip().create_model(f"local-dir:{tmp_path / 'ckpt'}")
+    for name, tensor in clip.model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    again = models.load_checkpoint(tmp_path / "ckpt")
+    assert again.name == "TrafficCLIP-Tiny" and again.image_size == 64 and again.info["note"] == "x"
+    texts = ["This is a white Audi Sedan.", "A male pedestrian is someone who walks on foot."]
+    assert torch.allclose(models.encode_texts(clip, texts), models.encode_texts(again, texts))
+    images = torch.randint(0, 255, (3, 64, 64, 3), dtype=torch.uint8)
+    assert torch.allclose(models.encode_images(clip, images), models.encode_images(again, images))
+
+
+def test_a_pickled_checkpoint_folder_is_not_loaded(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "open_clip_pytorch_model.bin").write_bytes(b"not used")
+    with pytest.raises(Exception, match="not a checkpoint folder"):
+        models.load_checkpoint(folder)
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(Exception, match="unknown open_clip architecture 'ViT-Nope'"):
+        models.build("ViT-Nope")
+
+
+def test_pretrained_tag_without_network_fails_clearly():
+    with pytest.raises(Exception, match="model.pretrained"):
+        models.build("RN50", pretrained="openai")
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    lrs = [train.lr_at(s, 100, 1.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert train.lr_at(100, 100, 1.0, 10) == pytest.approx(0.0)
+
+
+def _weights(folder):
+    return load_file(folder / models.WEIGHTS_FILE)
+
+
+def test_training_lowers_the_loss_and_writes_outputs(tiny_prepared, tmp_path):
+    summary = train.run(tiny_params(epochs=4), tiny_prepared, tmp_path / "models", tmp_path / "reports")
+    rows = (tmp_path / "reports" / "train_steps.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,loss,lr" and len(rows) == summary["steps"] + 1
+    losses = [float(r.split(",")[2]) for r in rows[1:]]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert (tmp_path / "models" / "model" / models.WEIGHTS_FILE).is_file()
+    assert (tmp_path / "models" / "initial" / models.WEIGHTS_FILE).is_file()
+    assert json.loads((tmp_path / "reports" / "train_summary.json").read_text())["steps"] == summary["steps"]
+
+
+def test_resume_after_interruption_gives_the_same_weights(tiny_prepared, tmp_path):
+    params = tiny_params(epochs=3)
+    train.run(params, tiny_prepared, tmp_path / "a", tmp_path / "ra")
+    # interrupted after step 4: the last complete checkpoint is the end of epoch 1 (step 3)
+    steps_per_epoch = len(json.loads((tiny_prepared / "train" / "manifest.json").read_text())["pairs"]) // 16
+    stop = steps_per_epoch + 1
+    assert train.run(params, tiny_prepared, tmp_path / "b", tmp_path / "rb", stop_after_steps=stop) == {
+        "interrupted_at": stop}
+    assert not (tmp_path / "b" / "model").exists()
+    last = json.loads((tmp_path / "b" / "checkpoints" / "last.json").read_text())
+    assert last["step"] == steps_per_epoch
+    train.run(params, tiny_prepared, tmp_path / "b", tmp_path / "rb")
+    a, b = _weights(tmp_path / "a" / "model"), _weights(tmp_path / "b" / "model")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert (tmp_path / "ra" / "train_steps.csv").read_text() == (tmp_path / "rb" / "train_steps.csv").read_text()
+
+
+def test_changed_params_do_not_resume_a_stale_checkpoint(tiny_prepared, tmp_path):
+    train.run(tiny_params(epochs=2), tiny_prepared, tmp_path / "m", tmp_path / "r", stop_after_steps=3)
+    summary = train.run(tiny_params(epochs=2, lr=1e-3), tiny_prepared, tmp_path / "m", tmp_path / "r")
+    rows = (tmp_path / "r" / "train_steps.csv").read_text().splitlines()
+    assert len(rows) == summary["steps"] + 1  # every step was trained afresh
