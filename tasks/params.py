@@ -60,7 +60,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "weight_decay": Key((int, float), 0.1, "AdamW weight decay", _non_negative, "a number >= 0"),
         "warmup_steps": Key(int, 50, "linear warmup steps before the cosine decay", _non_negative, "an integer >= 0"),
         "grad_clip": Key((int, float), 1.0, "max gradient norm, 0 = off", _non_negative, "a number >= 0"),
-        "batching": Key(str, "by_category", "by_category (each batch holds one category: harder negatives) | mixed",
+        "batching": Key(str, "mixed", "mixed | by_category (each batch holds one category: harder negatives)",
                         _one_of("by_category", "mixed"), "'by_category' or 'mixed'"),
         "seed": Key(int, 0, "seed for initialisation and data order"),
         "precision": Key(str, "auto", "auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16",
