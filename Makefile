@@ -9,9 +9,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 
-# demo dataset size (totals over train/val/test) and seed
-DEMO_VEHICLES ?= 1200
-DEMO_PEDESTRIANS ?= 1200
+# demo dataset: totals over train/val/test, 6% each to val and test (480 + 480 images), and the seed
+DEMO_VEHICLES ?= 4000
+DEMO_PEDESTRIANS ?= 4000
+DEMO_HOLDOUT ?= 0.06
 DEMO_SEED ?= 0
 
 .PHONY: venv run test metrics clean
@@ -28,7 +29,8 @@ run: $(STAMP)
 	@test -d .git || { echo "make run needs a git checkout (DVC requires one): git init first"; exit 1; }
 	@if [ ! -d data/raw ]; then \
 	  echo "== generating the demo dataset into data/raw"; \
-	  trafficlip synth --out data/raw --vehicles $(DEMO_VEHICLES) --pedestrians $(DEMO_PEDESTRIANS) --seed $(DEMO_SEED); \
+	  trafficlip synth --out data/raw --vehicles $(DEMO_VEHICLES) --pedestrians $(DEMO_PEDESTRIANS) --seed $(DEMO_SEED) \
+	    --val-fraction $(DEMO_HOLDOUT) --test-fraction $(DEMO_HOLDOUT); \
 	fi
 	@echo "== tracking data/raw with DVC"
 	dvc add --quiet data/raw

@@ -54,7 +54,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "shard_size": Key(int, 4096, "images per decoded-image cache shard", _positive, "an integer >= 1"),
     },
     "train": {
-        "epochs": Key(int, 12, "passes over the training pairs", _positive, "an integer >= 1"),
+        "epochs": Key(int, 7, "passes over the training pairs", _positive, "an integer >= 1"),
         "batch_size": Key(int, 128, "pairs per step", _positive, "an integer >= 1"),
         "lr": Key((int, float), 1e-3, "peak AdamW learning rate", _positive, "a number > 0"),
         "weight_decay": Key((int, float), 0.1, "AdamW weight decay", _non_negative, "a number >= 0"),
