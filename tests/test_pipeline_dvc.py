@@ -1,4 +1,7 @@
-"""The whole pipeline through `dvc repro` on a tiny dataset, in a temporary git repository."""
+"""The whole pipeline through `dvc repro` on a tiny dataset, in a temporary git repository.
+
+MLflow there is the embedded default: sqlite:///mlruns.db and mlartifacts/ inside the temporary repo.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
 
 
 def _run(args, cwd, check=True):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
