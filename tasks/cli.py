@@ -79,6 +79,30 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_register(args) -> int:
+    from tasks import registry
+    _print_json(registry.register(_params(args), args.train_summary, args.metrics, args.per_query, args.out))
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from tasks import registry
+    _print_json(registry.promote(_params(args), args.registration, args.out, args.data))
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from tasks import registry
+    _print_json(registry.rollback(_params(args), args.out))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from tasks import registry
+    print(registry.versions_table(_params(args)))
+    return 0
+
+
 def cmd_score(args) -> int:
     from tasks import submission
     _print_json(submission.score(args.submission, args.ground_truth))
@@ -166,6 +190,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/submission.json")
     p.add_argument("--train-summary", default="reports/train_summary.json", help=LINK_HELP)
     p.set_defaults(func=cmd_predict)
+
+    p = with_params(sub.add_parser("register", help="register the trained model in MLflow (once per training run)"))
+    p.add_argument("--train-summary", default="reports/train_summary.json")
+    p.add_argument("--metrics", default="metrics/eval.json")
+    p.add_argument("--per-query", default="reports/eval_queries.json")
+    p.add_argument("--out", default="reports/registration.json")
+    p.set_defaults(func=cmd_register)
+
+    p = with_params(sub.add_parser("promote", help="gate the registered version; move @champion / @challenger"))
+    p.add_argument("--registration", default="reports/registration.json")
+    p.add_argument("--data", default="data/prepared", help="validation data to re-score the champion on if needed")
+    p.add_argument("--out", default="reports/promotion.json")
+    p.set_defaults(func=cmd_promote)
+
+    p = with_params(sub.add_parser("rollback", help="move @champion back to the previous champion"))
+    p.add_argument("--out", default="reports/rollback.json")
+    p.set_defaults(func=cmd_rollback)
+
+    p = with_params(sub.add_parser("models", help="list the registered model's versions, aliases and metrics"))
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("score", help="score a submission against a ground-truth file (organisers' format)")
     p.add_argument("--submission", required=True)
