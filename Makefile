@@ -15,7 +15,10 @@ DEMO_PEDESTRIANS ?= 4000
 DEMO_HOLDOUT ?= 0.06
 DEMO_SEED ?= 0
 
-.PHONY: venv run test metrics clean
+# the MLflow UI (`make ui`) over the embedded store that `make run` fills
+MLFLOW_PORT ?= 5000
+
+.PHONY: venv run test metrics ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,9 +46,17 @@ run: $(STAMP)
 	  echo "== test submission outputs/submission.json scored against data/raw/test/test_ground_truth.txt"; \
 	  trafficlip score --submission outputs/submission.json --ground-truth data/raw/test/test_ground_truth.txt; \
 	fi
+	@echo "== model registry (promotion decision: reports/promotion.json)"
+	@trafficlip models
+	@echo "(browse the runs, charts, galleries and the registry: make ui)"
 
 metrics: $(STAMP)
 	@trafficlip metrics
+
+ui: $(STAMP)
+	@echo "MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (Ctrl-C stops it)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlruns.db \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -67,14 +67,39 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from tasks import evaluate
-    metrics = evaluate.run(_params(args), args.data, args.model, args.initial, args.metrics, args.per_query)
+    metrics = evaluate.run(_params(args), args.data, args.model, args.initial, args.metrics, args.per_query,
+                           args.train_summary)
     print(metrics_table(metrics))
     return 0
 
 
 def cmd_predict(args) -> int:
     from tasks import predict
-    _print_json(predict.run(_params(args), args.data, args.model, args.out))
+    _print_json(predict.run(_params(args), args.data, args.model, args.out, args.train_summary))
+    return 0
+
+
+def cmd_register(args) -> int:
+    from tasks import registry
+    _print_json(registry.register(_params(args), args.train_summary, args.metrics, args.per_query, args.out))
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from tasks import registry
+    _print_json(registry.promote(_params(args), args.registration, args.out, args.data))
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from tasks import registry
+    _print_json(registry.rollback(_params(args), args.out))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from tasks import registry
+    print(registry.versions_table(_params(args)))
     return 0
 
 
@@ -109,6 +134,9 @@ def metrics_table(metrics: dict) -> str:
     if "relevance_rule" in metrics:
         lines.append(f"(pedestrian relevance rule: {metrics['relevance_rule']}; map_at_10 is the organisers' rule)")
     return "\n".join(lines)
+
+
+LINK_HELP = "links the MLflow run to the training run this file names, if that run trained the model"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,13 +181,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial", default="models/initial")
     p.add_argument("--metrics", default="metrics/eval.json")
     p.add_argument("--per-query", default="reports/eval_queries.json")
+    p.add_argument("--train-summary", default="reports/train_summary.json", help=LINK_HELP)
     p.set_defaults(func=cmd_evaluate)
 
     p = with_params(sub.add_parser("predict", help="write the submission for the test split"))
     p.add_argument("--data", default="data/prepared")
     p.add_argument("--model", default="models/model")
     p.add_argument("--out", default="outputs/submission.json")
+    p.add_argument("--train-summary", default="reports/train_summary.json", help=LINK_HELP)
     p.set_defaults(func=cmd_predict)
+
+    p = with_params(sub.add_parser("register", help="register the trained model in MLflow (once per training run)"))
+    p.add_argument("--train-summary", default="reports/train_summary.json")
+    p.add_argument("--metrics", default="metrics/eval.json")
+    p.add_argument("--per-query", default="reports/eval_queries.json")
+    p.add_argument("--out", default="reports/registration.json")
+    p.set_defaults(func=cmd_register)
+
+    p = with_params(sub.add_parser("promote", help="gate the registered version; move @champion / @challenger"))
+    p.add_argument("--registration", default="reports/registration.json")
+    p.add_argument("--data", default="data/prepared", help="validation data to re-score the champion on if needed")
+    p.add_argument("--out", default="reports/promotion.json")
+    p.set_defaults(func=cmd_promote)
+
+    p = with_params(sub.add_parser("rollback", help="move @champion back to the previous champion"))
+    p.add_argument("--out", default="reports/rollback.json")
+    p.set_defaults(func=cmd_rollback)
+
+    p = with_params(sub.add_parser("models", help="list the registered model's versions, aliases and metrics"))
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("score", help="score a submission against a ground-truth file (organisers' format)")
     p.add_argument("--submission", required=True)
@@ -172,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_mlflow_error(exc: Exception) -> bool:
+    """A failure the MLflow server reported (permissions, limits, lost connection): not a bug here."""
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")
+    return mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -182,7 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"trafficlip {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug: say so plainly, keep the traceback for those who ask
+    except Exception as exc:
+        if _is_mlflow_error(exc):
+            from tasks.tracking import error_text, shown_uri, tracking_uri
+            print(f"trafficlip {args.command}: error: MLflow at {shown_uri(tracking_uri())}: {error_text(exc)}",
+                  file=sys.stderr)
+            return 2
+        # a bug: say so plainly, keep the traceback for those who ask
         if os.environ.get("TRAFFICLIP_DEBUG"):
             traceback.print_exc()
         print(f"trafficlip {args.command}: internal error: {type(exc).__name__}: {exc} "

@@ -10,6 +10,7 @@ so training never decodes a JPEG twice.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -27,13 +28,18 @@ MAX_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file to RGB, applying its EXIF orientation. Bad files raise InputError."""
-    path = Path(path)
+def load_image(path: str | Path | bytes, label: str = "<image bytes>") -> Image.Image:
+    """Decode an image file to RGB, applying its EXIF orientation. Bad files raise InputError.
+
+    ``path`` may also be the encoded bytes of an image (the MLflow model's input); ``label`` then
+    names it in errors.
+    """
+    source = io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else Path(path)
+    path = label if isinstance(source, io.BytesIO) else source
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise InputError(path, f"image is {image.width}x{image.height} pixels", field="image",
                                      expected=f"at most {MAX_PIXELS} pixels")
@@ -56,7 +62,7 @@ def load_image(path: str | Path) -> Image.Image:
     except FileNotFoundError:
         raise InputError(path, "image file not found", field="image", expected="an existing image file") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(path, f"cannot decode image: {exc}", field="image",
+        raise InputError(path, f"cannot decode image: {str(exc).replace(repr(source), str(path))}", field="image",
                          expected="a readable JPEG/PNG/BMP/WebP file") from None
 
 

@@ -25,8 +25,15 @@ class _Context(logging.Filter):
         if record.getMessage().startswith("No pretrained weights loaded"):
             return False
         record.step = self.step
-        record.run_id = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") or os.environ.get("MLFLOW_RUN_ID") or "-"
+        record.run_id = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") or _mlflow_run_id() or "-"
         return True
+
+
+def _mlflow_run_id() -> str | None:
+    """The active MLflow run's id (shortened), if this process imported MLflow and started one."""
+    mlflow = sys.modules.get("mlflow")
+    active = mlflow.active_run() if mlflow is not None and hasattr(mlflow, "active_run") else None
+    return active.info.run_id[:8] if active else os.environ.get("MLFLOW_RUN_ID")
 
 
 def setup(step: str) -> logging.Logger:

@@ -33,6 +33,10 @@ def _non_negative(v) -> bool:
     return v >= 0
 
 
+def _non_empty(v) -> bool:
+    return bool(v.strip())
+
+
 def _one_of(*choices):
     return lambda v: v in choices
 
@@ -79,6 +83,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "predict": {
         "top_k": Key(int, 10, "image names per query in the submission", _between(1, 1000), "an integer 1..1000"),
+    },
+    "mlflow": {
+        "enabled": Key(bool, True, "log train/evaluate/predict runs to MLflow and register the model"),
+        "experiment": Key(str, "trafficlip", "MLflow experiment name", _non_empty, "a non-empty name"),
+        "registered_model": Key(str, "traffic-clip", "registered model name", _non_empty, "a non-empty name"),
+        "min_gain": Key((int, float), 0.005, "mAP@10 a challenger must gain over the champion", _between(0, 1),
+                        "a number 0..1"),
+        "confidence": Key((int, float), 0.95, "bootstrap probability of improvement needed to promote",
+                          _between(0, 1), "a number 0..1"),
+        "floor": Key((int, float), 0.05, "mAP@10 the first version needs to become champion", _between(0, 1),
+                     "a number 0..1"),
+        "bootstrap_samples": Key(int, 2000, "paired bootstrap resamples over the validation queries",
+                                 _positive, "an integer >= 1"),
+        "gallery_queries": Key(int, 6, "validation queries drawn as retrieval galleries", _between(0, 100),
+                               "an integer 0..100"),
     },
 }
 

@@ -6,7 +6,9 @@ Read top to bottom: config, data, model, optimizer, schedule, loop, checkpoint.
 - A checkpoint (local-dir folder + optimizer state) at the end of every epoch, and every
   ``checkpoint_every_steps`` if set; rerunning resumes from the last complete one when the
   configuration is unchanged, and ends with the same weights as an uninterrupted run.
-- Per-step loss and learning rate go to ``reports/train_steps.csv`` (a DVC plot).
+- Per-step loss and learning rate go to ``reports/train_steps.csv`` (a DVC plot) and, with tracking
+  on, to MLflow together with validation metrics at every epoch end and the logged model
+  (``tasks/tracking.py``: the ``tracker`` calls below).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tasks import log, models
+from tasks import log, models, tracking
 from tasks.atomic import atomic_path, read_json, write_json, write_text
 from tasks.errors import TrafficlipError
 from tasks.images import ImageCache, to_model_input
@@ -153,9 +155,15 @@ def run(params: dict, data: str | Path, out: str | Path, reports: str | Path,
     ``stop_after_steps`` interrupts the run after that many optimizer steps (tests use it to
     simulate a crash); the next call resumes from the last checkpoint.
     """
+    with tracking.start(params, "train") as mlflow_run:
+        tracker = tracking.TrainTracker(mlflow_run, params, data)
+        return _train(params, Path(data), Path(out), Path(reports), stop_after_steps, tracker)
+
+
+def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps: int | None,
+           tracker: tracking.TrainTracker) -> dict:
     logger = log.setup("train")
     cfg = params["train"]
-    data, out, reports = Path(data), Path(out), Path(reports)
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     dev = models.device()
@@ -217,6 +225,8 @@ def run(params: dict, data: str | Path, out: str | Path, reports: str | Path,
                 "bf16" if use_bf16 else "fp32", dev)
     clip.model.train()
     started, trained_samples = time.monotonic(), 0
+    if step == 0:
+        tracker.validate(clip, 0)  # the starting point of the validation curves
     every = cfg["checkpoint_every_steps"]
     first_step = step
     bar = log.progress(range(step, total_steps), total_steps - step, "train", logger)
@@ -248,18 +258,23 @@ def run(params: dict, data: str | Path, out: str | Path, reports: str | Path,
         if done % steps_per_epoch == 0 or (every and done % every == 0) or done == total_steps:
             state = {"step": done, "epoch": done / steps_per_epoch, "fingerprint": run_fingerprint}
             checkpoints.save(clip, optimizer, state, _steps_csv(rows))
+        if done % steps_per_epoch == 0:
+            tracker.epoch_end(rows, done, done // steps_per_epoch, clip)
         if stop_after_steps is not None and done >= stop_after_steps and done < total_steps:
             logger.info("stopping after step %d as asked (stop_after_steps)", done)
+            tracker.interrupted(done)
             return {"interrupted_at": done}
 
-    elapsed = time.monotonic() - started
+    elapsed = time.monotonic() - started - tracker.seconds  # training speed without the validation passes
     write_text(reports / "train_steps.csv", _steps_csv(rows))
     models.save_checkpoint(clip, out / "model", extra={"role": "trained", "fingerprint": run_fingerprint,
                                                        "steps": total_steps, "epochs": cfg["epochs"]})
     summary = {"steps": total_steps, "epochs": cfg["epochs"], "pairs": len(pairs), "batch_size": batch_size,
                "final_loss": float(rows[-1]["loss"]) if rows else None,
                "samples_per_second": round(trained_samples / elapsed, 2) if trained_samples else None,
-               "seconds": round(elapsed, 2), "device": dev.type, "precision": "bf16" if use_bf16 else "fp32"}
+               "seconds": round(elapsed, 2), "device": dev.type, "precision": "bf16" if use_bf16 else "fp32",
+               "fingerprint": run_fingerprint}
+    summary.update(tracker.finish(rows, summary, out / "model"))
     write_json(reports / "train_summary.json", summary)
     logger.info("trained: final loss %s, %s samples/s", summary["final_loss"], summary["samples_per_second"])
     return summary

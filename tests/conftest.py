@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,9 +21,19 @@ TINY_TRAIN = {"epochs": 2, "batch_size": 16, "warmup_steps": 2, "lr": 2e-3, "thr
 
 
 def tiny_params(**train_overrides) -> dict:
+    """Tiny training, MLflow tracking off (tests of tracking turn it on)."""
     params = params_mod.defaults()
     params["train"].update(TINY_TRAIN, **train_overrides)
+    params["mlflow"]["enabled"] = False
     return params
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory) -> Path:
+    """A private MLflow store for the whole session: no test writes the project's mlruns.db."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlruns.db'}"
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +57,27 @@ def raw_copy(tiny_raw, tmp_path) -> Path:
     target = tmp_path / "raw"
     shutil.copytree(tiny_raw, target)
     return target
+
+
+def tracked_params(**mlflow_overrides) -> dict:
+    """tiny_params with tracking on (in the session's private store)."""
+    params = tiny_params()
+    params["mlflow"].update(enabled=True, experiment="tests", gallery_queries=2, bootstrap_samples=500,
+                            **mlflow_overrides)
+    return params
+
+
+@pytest.fixture(scope="session")
+def tracked(tiny_prepared, tmp_path_factory, mlflow_store) -> SimpleNamespace:
+    """One tiny training and evaluation with MLflow tracking on, shared by the tracking and registry tests."""
+    from tasks import evaluate, train
+    folder = tmp_path_factory.mktemp("tracked")
+    params = tracked_params()
+    summary = train.run(params, tiny_prepared, folder / "models", folder / "reports")
+    evaluate.run(params, tiny_prepared, folder / "models" / "model", folder / "models" / "initial",
+                 folder / "metrics" / "eval.json", folder / "reports" / "eval_queries.json",
+                 folder / "reports" / "train_summary.json")
+    return SimpleNamespace(folder=folder, params=params, summary=summary, data=tiny_prepared,
+                           model=folder / "models" / "model", metrics=folder / "metrics" / "eval.json",
+                           per_query=folder / "reports" / "eval_queries.json",
+                           train_summary=folder / "reports" / "train_summary.json")

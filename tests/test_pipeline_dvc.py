@@ -1,4 +1,7 @@
-"""The whole pipeline through `dvc repro` on a tiny dataset, in a temporary git repository."""
+"""The whole pipeline through `dvc repro` on a tiny dataset, in a temporary git repository.
+
+MLflow there is the embedded default: sqlite:///mlruns.db and mlartifacts/ inside the temporary repo.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
 
 
 def _run(args, cwd, check=True):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
@@ -37,6 +41,8 @@ def repo(tmp_path_factory, tiny_raw) -> Path:
     shutil.copytree(ROOT / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"].update(epochs=2, batch_size=16, warmup_steps=2, threads=1)
+    # a tiny model barely beats chance: no floor, so the first version becomes champion
+    params["mlflow"].update(floor=0.0, gallery_queries=2, bootstrap_samples=200)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copytree(tiny_raw, repo / "data" / "raw")
     _run(["git", "init", "-q"], repo)
@@ -67,14 +73,48 @@ def test_unchanged_workspace_reruns_nothing(repo):
     assert _run(["dvc", "status"], repo).stdout.strip().endswith("up to date.")
 
 
-def test_changing_an_evaluate_param_reruns_only_evaluate(repo):
+def test_repro_tracks_registers_and_promotes_in_the_embedded_mlflow_store(repo):
+    from mlflow import MlflowClient
+    client = MlflowClient(f"sqlite:///{repo / 'mlruns.db'}")
+    summary = json.loads((repo / "reports" / "train_summary.json").read_text())
+    train_run = client.get_run(summary["mlflow_run_id"])
+    assert train_run.info.status == "FINISHED"
+    assert train_run.data.params["train.epochs"] == "2" and train_run.data.params["mlflow.floor"] == "0.0"
+    assert len(client.get_metric_history(train_run.info.run_id, "loss")) == summary["steps"]
+    assert [m.step for m in client.get_metric_history(train_run.info.run_id, "val_map_at_10")] == [
+        0, summary["steps"] // 2, summary["steps"]]
+    # lineage: the commit, and the data hashes dvc.lock recorded for what the stage read
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    prepared_md5 = next(o["md5"] for o in lock["prepare"]["outs"] if o["path"] == "data/prepared")
+    raw_md5 = yaml.safe_load((repo / "data" / "raw.dvc").read_text())["outs"][0]["md5"]
+    tags = train_run.data.tags
+    assert tags["git.commit"] == _run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    assert tags["dvc.data/prepared"] == prepared_md5 and tags["data_hash"] == raw_md5
+    evaluate_run = client.search_runs([train_run.info.experiment_id], "tags.`trafficlip.step` = 'evaluate'")[0]
+    assert evaluate_run.data.tags["train_run_id"] == train_run.info.run_id
+    galleries = [a.path for a in client.list_artifacts(evaluate_run.info.run_id, "galleries")]
+    assert len(galleries) == 2 and all(path.endswith(".png") for path in galleries)
+    assert (repo / "mlartifacts").is_dir()
+    # the registry: version 1 of this run, promoted over the (zero) floor
+    registration = json.loads((repo / "reports" / "registration.json").read_text())
+    promotion = json.loads((repo / "reports" / "promotion.json").read_text())
+    assert registration["version"] == 1 and promotion["decision"] == "promoted"
+    champion = client.get_model_version_by_alias("traffic-clip", "champion")
+    assert str(champion.version) == "1" and champion.tags["train_run_id"] == train_run.info.run_id
+    assert champion.tags["validation_status"] == "passed"
+
+
+def test_changing_an_evaluate_param_reruns_evaluate_and_what_follows_it(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["evaluate"]["pedestrian_relevance"] = "inclusion"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     result = _run(["dvc", "repro"], repo)
     ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'evaluate':"]
+    assert ran == ["Running stage 'evaluate':", "Running stage 'register':", "Running stage 'promote':"]
     assert json.loads((repo / "metrics" / "eval.json").read_text())["relevance_rule"] == "inclusion"
+    # the same training run: the same version, re-tagged with the new evaluation
+    assert json.loads((repo / "reports" / "registration.json").read_text())["version"] == 1
+    assert json.loads((repo / "reports" / "promotion.json").read_text())["decision"] == "already_champion"
     shown = _run(["dvc", "metrics", "diff", "--json"], repo)
     assert "metrics/eval.json" in shown.stdout
 
