@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
 from tasks import log, models, tracking
-from tasks.atomic import atomic_path, read_json, write_json, write_text
+from tasks.atomic import read_json, write_json, write_text
 from tasks.errors import TrafficlipError
 from tasks.images import ImageCache, to_model_input
 from tasks.prepare import MANIFEST
@@ -122,12 +123,7 @@ class Checkpoints:
 
     def save(self, clip, optimizer, state: dict, steps_csv: str) -> None:
         name = f"step_{state['step']:07d}"
-        buffer = io.BytesIO()
-        with atomic_path(self.folder / ".optimizer.safetensors") as tmp:
-            save_file(_optimizer_tensors(optimizer), str(tmp))
-            optimizer_bytes = tmp.read_bytes()
-        (self.folder / ".optimizer.safetensors").unlink(missing_ok=True)
-        del buffer
+        optimizer_bytes = save_safetensors(_optimizer_tensors(optimizer))
         models.save_checkpoint(clip, self.folder / name, extra={"trainer_state": state},
                                files={"optimizer.safetensors": optimizer_bytes,
                                       "train_steps.csv": steps_csv.encode()})
