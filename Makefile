@@ -18,7 +18,7 @@ DEMO_SEED ?= 0
 # the MLflow UI (`make ui`) over the embedded store that `make run` fills
 MLFLOW_PORT ?= 5000
 
-.PHONY: venv run test metrics ui clean
+.PHONY: venv run test metrics ui ablate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,8 +58,12 @@ ui: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlruns.db \
 	  --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
+ablate: $(STAMP)
+	@test -f models/model/open_clip_config.json || { echo "make ablate needs a trained model: make run first"; exit 1; }
+	trafficlip ablate
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf data/prepared models outputs reports metrics
+	rm -rf data/prepared data/augmented models outputs reports metrics

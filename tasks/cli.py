@@ -59,9 +59,15 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_augment(args) -> int:
+    from tasks import augment
+    _print_json(augment.run(_params(args), args.data, args.out, args.report, args.truth))
+    return 0
+
+
 def cmd_train(args) -> int:
     from tasks import train
-    _print_json(train.run(_params(args), args.data, args.out, args.reports))
+    _print_json(train.run(_params(args), args.data, args.out, args.reports, manifest_path=args.manifest))
     return 0
 
 
@@ -75,7 +81,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from tasks import predict
-    _print_json(predict.run(_params(args), args.data, args.model, args.out, args.train_summary))
+    _print_json(predict.run(_params(args), args.data, args.model, args.out, args.report, args.train_summary))
     return 0
 
 
@@ -100,6 +106,13 @@ def cmd_rollback(args) -> int:
 def cmd_models(args) -> int:
     from tasks import registry
     print(registry.versions_table(_params(args)))
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from tasks import ablate
+    result = ablate.run(_params(args), args.data, args.model, args.work, args.out, args.teacher, args.truth)
+    print(ablate.markdown(result), end="")
     return 0
 
 
@@ -169,8 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/prepared")
     p.set_defaults(func=cmd_prepare)
 
+    p = with_params(sub.add_parser("augment", help="complete training vehicle captions missing colour/type"))
+    p.add_argument("--data", default="data/prepared")
+    p.add_argument("--out", default="data/augmented")
+    p.add_argument("--report", default="reports/augment_report.json")
+    p.add_argument("--truth", default="data/raw/synth_truth.json",
+                   help="true attributes (the demo generator's) to report accuracy against, if the file exists")
+    p.set_defaults(func=cmd_augment)
+
     p = with_params(sub.add_parser("train", help="train / fine-tune the CLIP model"))
     p.add_argument("--data", default="data/prepared")
+    p.add_argument("--manifest", default="data/augmented/train_manifest.json",
+                   help="training pairs (images always come from DATA/train)")
     p.add_argument("--out", default="models")
     p.add_argument("--reports", default="reports")
     p.set_defaults(func=cmd_train)
@@ -189,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models/model")
     p.add_argument("--out", default="outputs/submission.json")
     p.add_argument("--train-summary", default="reports/train_summary.json", help=LINK_HELP)
+    p.add_argument("--report", default="reports/predict_report.json")
     p.set_defaults(func=cmd_predict)
 
     p = with_params(sub.add_parser("register", help="register the trained model in MLflow (once per training run)"))
@@ -210,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_params(sub.add_parser("models", help="list the registered model's versions, aliases and metrics"))
     p.set_defaults(func=cmd_models)
+
+    p = with_params(sub.add_parser("ablate", help="measure each reference technique on and off (validation split)"))
+    p.add_argument("--data", default="data/prepared")
+    p.add_argument("--model", default="models/model", help="a trained model to reuse for the matching arm")
+    p.add_argument("--work", default="models/ablation", help="where the other arm is trained")
+    p.add_argument("--out", default="reports/ablation", help="writes OUT.md and OUT.json")
+    p.add_argument("--teacher", default="auto", help="augmentation model: auto | params | self | a checkpoint folder")
+    p.add_argument("--truth", default="data/raw/synth_truth.json")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("score", help="score a submission against a ground-truth file (organisers' format)")
     p.add_argument("--submission", required=True)

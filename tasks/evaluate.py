@@ -1,8 +1,11 @@
 """Step `evaluate`: score the trained model (and the untrained baseline) on the validation split.
 
 Queries are the distinct (text, attribute) pairs of the validation labels; the gallery is every
-validation image. Metrics per category and overall: the organisers' mAP@10, trec-style AP@10,
-Recall@1/5/10, mean and median rank of the first relevant image (see docs/metrics.md).
+validation image. Ranking goes through tasks/retrieval.py exactly as `predict` submits (prompt
+suffix, category split from the texts and a gallery classifier, not from the labels, re-ranking), so
+the metrics measure the submission. Metrics per category (the labelled one) and overall: the
+organisers' mAP@10, trec-style AP@10, Recall@1/5/10, mean and median rank of the first relevant
+image (see docs/metrics.md), and how well the query and gallery categories were guessed.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks import galleries, log, models, tracking
+from tasks import galleries, log, models, retrieval, tracking
 from tasks.atomic import read_json, sha256_file, write_json
 from tasks.images import ImageCache
 from tasks.labels import CATEGORIES, PEDESTRIAN, bits_from_key
@@ -45,55 +48,88 @@ def validation_set(data: Path) -> tuple[dict, list[dict], Annotations, Annotatio
     return manifest, queries, query_ann, gallery
 
 
-class ValidationSet:
-    """The validation split loaded once and scored for any number of models (evaluate, and the
-    per-epoch check during training)."""
+def rank(enc: retrieval.Encoded, cfg: dict, query_ann: Annotations, gallery_ann: Annotations, rule: str,
+         k: int) -> Ranking:
+    """The metrics' ranking of exactly what retrieval.search returns under ``cfg``."""
+    return rank_queries(retrieval.query_embeddings(enc, cfg), enc.gallery, query_ann, gallery_ann, rule=rule,
+                        k=k, **retrieval.hooks(enc, cfg, k))
 
-    def __init__(self, data: str | Path, rule: str, k: int, batch_size: int):
+
+def summarise_categories(ranking: Ranking, categories: list[str]) -> dict:
+    categories = np.array(categories)
+    metrics = {"overall": summarise(ranking)}
+    for category in CATEGORIES:
+        metrics[category] = summarise(ranking, categories == category)
+    return metrics
+
+
+def category_accuracy(enc: retrieval.Encoded, queries: list[dict], manifest: dict) -> dict:
+    """How often the query texts and the gallery classifier name the labelled category."""
+    true_queries = retrieval.category_codes([q["category"] for q in queries])
+    out = {"query_category_accuracy": round(float((enc.query_codes == true_queries).float().mean()), 6)
+           if len(queries) else None,
+           "uncategorised_queries": int((enc.query_codes == retrieval.UNKNOWN).sum())}
+    if enc.gallery_codes is not None:
+        true_gallery = retrieval.category_codes([image["category"] for image in manifest["images"]])
+        out["gallery_classifier_accuracy"] = round(float((enc.gallery_codes == true_gallery).float().mean()), 6)
+    return out
+
+
+class ValidationSet:
+    """The validation split loaded once and scored for any number of models (evaluate, the per-epoch
+    check during training, the registry's champion re-scoring), through tasks/retrieval.py exactly as
+    `predict` ranks, under the ``retrieval`` params given."""
+
+    def __init__(self, data: str | Path, rule: str, k: int, batch_size: int, retrieval_cfg: dict):
         self.data = Path(data)
         self.manifest, self.queries, self.query_ann, self.gallery_ann = validation_set(self.data)
         self.images = ImageCache(self.data / "val")
-        self.categories = np.array([q["category"] for q in self.queries])
-        self.rule, self.k, self.batch_size = rule, k, batch_size
+        self.categories = [q["category"] for q in self.queries]
+        self.rule, self.k, self.batch_size, self.retrieval_cfg = rule, k, batch_size, retrieval_cfg
+        retrieval.check(retrieval_cfg, k, "evaluate.top_k")
+        self.encoded: retrieval.Encoded | None = None   # of the last model scored
 
     def score(self, clip: models.ClipModel) -> tuple[dict, Ranking]:
         """Per category and overall metrics, and the ranking (per-query results) of one model."""
         clip.model.to(models.device())
-        gallery_emb = models.encode_images(clip, self.images, self.batch_size)
-        query_emb = models.encode_texts(clip, [q["text"] for q in self.queries], self.batch_size)
-        ranking = rank_queries(query_emb, gallery_emb, self.query_ann, self.gallery_ann, rule=self.rule, k=self.k)
-        metrics = {"overall": summarise(ranking)}
-        for category in CATEGORIES:
-            metrics[category] = summarise(ranking, self.categories == category)
+        enc = retrieval.encode_split(clip, self.data, "val", [q["text"] for q in self.queries],
+                                     self.retrieval_cfg, self.batch_size)
+        ranking = rank(enc, self.retrieval_cfg, self.query_ann, self.gallery_ann, self.rule, self.k)
+        metrics = summarise_categories(ranking, self.categories)
+        metrics["categories"] = category_accuracy(enc, self.queries, self.manifest)
+        self.encoded = enc
         return metrics, ranking
 
     def fingerprint(self) -> str:
         """Equal for two evaluations whose per-query scores can be compared pair by pair: the same
-        queries, gallery (labels and pixels), relevance rule and list length."""
+        queries, gallery (labels and pixels), relevance rule, list length and retrieval settings."""
         folder = self.data / "val"
-        digest = hashlib.sha256(f"{self.rule}|{self.k}|".encode())
+        digest = hashlib.sha256(f"{self.rule}|{self.k}|{sorted(self.retrieval_cfg.items())}|".encode())
         digest.update((folder / MANIFEST).read_bytes())
         for shard in self.images.shards:
             digest.update(sha256_file(folder / shard).encode())
         return digest.hexdigest()[:16]
 
 
-def score_model(clip: models.ClipModel, data: Path, rule: str, k: int, batch_size: int) -> tuple[dict, Ranking, list]:
-    validation = ValidationSet(data, rule, k, batch_size)
-    metrics, ranking = validation.score(clip)
-    return metrics, ranking, validation.queries
+def validation_for(params: dict, data: str | Path) -> ValidationSet:
+    cfg = params["evaluate"]
+    return ValidationSet(data, cfg["pedestrian_relevance"], cfg["top_k"], cfg["batch_size"], params["retrieval"])
 
 
 def _per_query(validation: ValidationSet, ranking: Ranking) -> list[dict]:
     """One row per validation query: its scores and ranked list (reports/eval_queries.json)."""
     images = validation.manifest["images"]
-    return [{"text": q["text"], "category": q["category"], "organisers_ap": round(float(ap), 6),
+    cfg = validation.retrieval_cfg
+    codes = validation.encoded.query_codes.tolist()
+    return [{"text": q["text"], "category": q["category"], "query_category": retrieval.category_name(code),
+             "searched_text": retrieval.searched_text(q["text"], retrieval.category_name(code), cfg),
+             "organisers_ap": round(float(ap), 6),
              "trec_ap": round(float(trec), 6), "n_relevant": int(n),
              "first_relevant_rank": None if np.isnan(rank) else int(rank),
              "top": [images[i]["path"] for i in top], "hits": [bool(h) for h in hit]}
-            for q, ap, trec, n, rank, top, hit in zip(validation.queries, ranking.organisers_ap, ranking.trec_ap,
-                                                      ranking.n_relevant, ranking.first_relevant_rank,
-                                                      ranking.top_indices.tolist(), ranking.hits.tolist())]
+            for q, code, ap, trec, n, rank, top, hit in zip(
+                validation.queries, codes, ranking.organisers_ap, ranking.trec_ap, ranking.n_relevant,
+                ranking.first_relevant_rank, ranking.top_indices.tolist(), ranking.hits.tolist())]
 
 
 def _log_evaluation(run, params: dict, metrics: dict, validation: ValidationSet, ranking: Ranking,
@@ -122,17 +158,22 @@ def run(params: dict, data: str | Path, model_dir: str | Path, initial_dir: str 
     data = Path(data)
     torch.manual_seed(0)
     clip = models.load_checkpoint(model_dir)
-    validation = ValidationSet(data, cfg["pedestrian_relevance"], cfg["top_k"], cfg["batch_size"])
+    validation = validation_for(params, data)
     with tracking.start(params, "evaluate", tags=tracking.train_run_tags(train_summary, clip)) as mlflow_run:
         metrics, ranking = validation.score(clip)
         metrics["relevance_rule"] = cfg["pedestrian_relevance"]
         metrics["validation_fingerprint"] = validation.fingerprint()
+        unmatched = retrieval.describe(validation.encoded, params["retrieval"], validation.queries)["uncategorised_queries"]
+        if unmatched:
+            logger.warning("%d validation quer%s fit neither category and searched the whole gallery: %s",
+                           len(unmatched), "y" if len(unmatched) == 1 else "ies", [q["text"] for q in unmatched[:5]])
+        per_query = _per_query(validation, ranking)
         if cfg["baseline"] and initial_dir and Path(initial_dir).is_dir():
             metrics["baseline"], _ = validation.score(models.load_checkpoint(initial_dir))
         write_json(metrics_out, metrics)
         files = [Path(metrics_out), data / "validation_report.json"]
         if per_query_out:
-            write_json(per_query_out, _per_query(validation, ranking))
+            write_json(per_query_out, per_query)
             files.append(Path(per_query_out))
             mlflow_run.set_tags({"eval_queries_sha256": sha256_file(per_query_out)})
         if mlflow_run:

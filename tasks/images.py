@@ -135,6 +135,20 @@ class ImageCache:
         return self[torch.arange(self.count)]
 
 
+class CacheSelection:
+    """Some images of a cache (or of a uint8 tensor), indexable like the cache itself."""
+
+    def __init__(self, images, indices: Sequence[int]):
+        self.images = images
+        self.indices = torch.as_tensor(list(indices), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def __getitem__(self, positions) -> torch.Tensor:
+        return self.images[self.indices[torch.as_tensor(positions, dtype=torch.long)]]
+
+
 def write_cache(folder: str | Path, arrays: Sequence[np.ndarray], size: int, shard_size: int) -> Path:
     """Write decoded images as shards plus an index; each file atomically, the index last."""
     folder = Path(folder)

@@ -258,17 +258,19 @@ def read_queries(path: str | Path, vocabulary: "Vocabulary | None" = None) -> tu
 
 
 def query_category(text: str, vocabulary: "Vocabulary | None" = None) -> str | None:
-    """Decide a query's category from its words.
+    """Decide a query's category from its words (docs/techniques.md), checked in this order.
 
     pedestrian: it names a person (pedestrian, person, man, woman, ...);
-    vehicle: it names a vehicle word, a colour + known type, or a known brand;
-    None: neither (the caller reports it).
+    vehicle: it names a vehicle word or type (vehicle, car, van, Sedan, ...), a colour (vehicle
+    captions name one; pedestrian captions, which would also name a person, come first), or a
+    brand of the vocabulary;
+    None: neither (the caller reports it and searches the whole gallery).
     """
     words = re.findall(r"[a-z0-9&\-]+", text.lower())
     if any(w in PEDESTRIAN_WORDS for w in words):
         return PEDESTRIAN
     vehicle_words = {"vehicle", "car", "bus", "truck", "suv", "sedan", "minivan", "microbus", "van"}
-    if any(w in vehicle_words for w in words):
+    if any(w in vehicle_words or w in _COLOUR_BY_WORD for w in words):
         return VEHICLE
     if vocabulary is not None:
         lowered = " " + " ".join(words) + " "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -181,14 +181,24 @@ def trec_ap_at_k(hits: Sequence[bool], n_relevant: int) -> float:
     return float(sums[0] / n_relevant) if n_relevant else 0.0
 
 
+Reorder = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 def rank_queries(query_emb: torch.Tensor, gallery_emb: torch.Tensor, queries: Annotations,
                  gallery: Annotations, *, rule: str = "strict", k: int = 10, query_chunk: int = 1024,
-                 gallery_chunk: int = 65536) -> Ranking:
+                 gallery_chunk: int = 65536, adjust: search.BlockAdjust | None = None,
+                 reorder: Reorder | None = None, depth: int | None = None) -> Ranking:
     """Rank the gallery for every query and score the rankings against the annotations.
 
     One chunked pass gives the top-k (search.top_k), R per query and each query's best relevant
     score; queries whose first relevant item is outside the top-k get a second pass over their
     query chunks to count the strictly higher scores. Memory is bounded by the chunk sizes.
+
+    A retrieval pipeline (tasks/retrieval.py) is ranked exactly as it submits: ``adjust`` changes
+    every score block (the category split), ``reorder(values, indices)`` re-ranks the top ``depth``
+    list (``depth >= k``) and returns it sorted by its new values. Within that list the first
+    relevant rank counts strictly higher list values; beyond it, strictly higher adjusted scores
+    (the items beyond the list keep their order, and everything in the list scored above them).
     """
     _check_rule(rule)
     search.check_embeddings(query_emb, gallery_emb)
@@ -201,6 +211,7 @@ def rank_queries(query_emb: torch.Tensor, gallery_emb: torch.Tensor, queries: An
                                   "annotations (expected one annotation per embedding row)")
     device = query_emb.device
     n_q = query_emb.shape[0]
+    depth = k if depth is None else max(int(depth), k)
     with torch.inference_mode():
         qp, gp = _Packed(queries, device), _Packed(gallery, device)
         n_relevant = torch.zeros(n_q, dtype=torch.int64, device=device)
@@ -212,8 +223,10 @@ def rank_queries(query_emb: torch.Tensor, gallery_emb: torch.Tensor, queries: An
             block_best = scores.masked_fill(~relevant, -math.inf).max(dim=1).values
             best[q] = torch.maximum(best[q], block_best)
 
-        values, indices = search.top_k(query_emb, gallery_emb, k, query_chunk=query_chunk,
-                                       gallery_chunk=gallery_chunk, on_block=first_pass)
+        values, indices = search.top_k(query_emb, gallery_emb, depth, query_chunk=query_chunk,
+                                       gallery_chunk=gallery_chunk, on_block=first_pass, adjust=adjust)
+        if reorder is not None:
+            values, indices = reorder(values, indices)
         hits = _relevant(qp.key[:, None], qp.ped[:, None], qp.mask[:, None],
                          gp.key[indices], gp.ped[indices], gp.mask[indices], rule)
         higher = torch.zeros(n_q, dtype=torch.int64, device=device)
@@ -226,15 +239,16 @@ def rank_queries(query_emb: torch.Tensor, gallery_emb: torch.Tensor, queries: An
         if bool(missing.any()):
             chunks = sorted(set((missing.nonzero().squeeze(1) // query_chunk).tolist()))
             for q, _, scores in search.iter_blocks(query_emb, gallery_emb, query_chunk=query_chunk,
-                                                   gallery_chunk=gallery_chunk, query_chunks=chunks):
+                                                   gallery_chunk=gallery_chunk, query_chunks=chunks,
+                                                   adjust=adjust):
                 count = (scores > best[q, None]).sum(dim=1)
                 higher[q] += torch.where(missing[q], count, torch.zeros_like(count))
         n_rel = n_relevant.cpu().numpy().astype(np.int64)
         rank = (higher + 1).cpu().numpy().astype(np.float64)
         rank[n_rel == 0] = np.nan
-        hits_np = hits.cpu().numpy().astype(bool)
+        hits_np = hits[:, :k].cpu().numpy().astype(bool)
         organisers, trec = _ap_arrays(hits_np, n_rel)
-        return Ranking(top_indices=indices.cpu().numpy().astype(np.int64), hits=hits_np, n_relevant=n_rel,
+        return Ranking(top_indices=indices[:, :k].cpu().numpy().astype(np.int64), hits=hits_np, n_relevant=n_rel,
                        first_relevant_rank=rank, organisers_ap=organisers, trec_ap=trec)
 
 

@@ -135,6 +135,11 @@ def save_checkpoint(clip: ClipModel, folder: str | Path, extra: dict | None = No
     return Path(folder)
 
 
+def logit_scale(clip: ClipModel) -> float:
+    """The model's softmax temperature as a multiplier of cosine similarity (CLIP caps it at 100)."""
+    return float(clip.model.logit_scale.detach().exp().clamp(max=100.0))
+
+
 @torch.inference_mode()
 def encode_texts(clip: ClipModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """L2-normalised float32 text embeddings [len(texts), D]."""
@@ -149,8 +154,13 @@ def encode_texts(clip: ClipModel, texts: Sequence[str], batch_size: int = 256) -
 
 
 @torch.inference_mode()
-def encode_images(clip: ClipModel, images, batch_size: int = 256, count: int | None = None) -> torch.Tensor:
-    """L2-normalised float32 image embeddings from uint8 [N,S,S,3] images (a tensor or an ImageCache)."""
+def encode_images(clip: ClipModel, images, batch_size: int = 256, count: int | None = None,
+                  flip: bool = False) -> torch.Tensor:
+    """L2-normalised float32 image embeddings from uint8 [N,S,S,3] images (a tensor or an ImageCache).
+
+    ``flip`` embeds the horizontally mirrored images. Square images of another size than the model's
+    input (a cache prepared for another model) are resized, which keeps their padded geometry.
+    """
     clip.model.eval()
     dev = next(clip.model.parameters()).device
     total = len(images) if count is None else count
@@ -158,7 +168,13 @@ def encode_images(clip: ClipModel, images, batch_size: int = 256, count: int | N
     for start in range(0, total, batch_size):
         batch = images[list(range(start, min(start + batch_size, total)))] if not torch.is_tensor(images) \
             else images[start:start + batch_size]
-        x = to_model_input(batch, clip.mean, clip.std).to(dev)
+        x = to_model_input(batch, clip.mean, clip.std)
+        if flip:
+            x = torch.flip(x, dims=[3])
+        if x.shape[-1] != clip.image_size:
+            x = F.interpolate(x, size=(clip.image_size, clip.image_size), mode="bicubic", antialias=True,
+                              align_corners=False)
+        x = x.to(dev)
         chunks.append(F.normalize(clip.model.encode_image(x).float(), dim=-1).cpu())
     dim = clip.model_cfg.get("embed_dim", 0)
     return torch.cat(chunks) if chunks else torch.empty((0, dim))

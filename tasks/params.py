@@ -57,6 +57,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "prepare": {
         "shard_size": Key(int, 4096, "images per decoded-image cache shard", _positive, "an integer >= 1"),
     },
+    "augment": {
+        "enabled": Key(bool, True, "complete vehicle captions missing colour / type zero-shot; false copies them"),
+        "model": Key(str, "initial", "the scoring model: 'initial' (model.name + model.pretrained, as training "
+                     "starts) or a local-dir checkpoint folder"),
+        "min_confidence": Key((int, float), 0.7, "softmax probability over the candidates below which an "
+                              "attribute is left missing", _between(0, 1), "a number in [0, 1]"),
+        "guess_brand": Key(bool, False, "also complete missing brands (the reference did not: CLIP is weak at brands)"),
+        "batch_size": Key(int, 256, "images or prompts per embedding batch", _positive, "an integer >= 1"),
+    },
     "train": {
         "epochs": Key(int, 7, "passes over the training pairs", _positive, "an integer >= 1"),
         "batch_size": Key(int, 128, "pairs per step", _positive, "an integer >= 1"),
@@ -80,6 +89,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                     "'strict' or 'inclusion'"),
         "batch_size": Key(int, 256, "images or texts per embedding batch", _positive, "an integer >= 1"),
         "baseline": Key(bool, True, "also score the untrained (initial) model"),
+    },
+    "retrieval": {
+        "prompt_enhancement": Key(bool, False, "embed vehicle queries with prompt_suffix appended"),
+        "prompt_suffix": Key(str, "image taken by traffic surveillance cameras", "the text appended to vehicle queries"),
+        "category_split": Key(bool, True, "a query's category decides its gallery (vehicle or pedestrian images)"),
+        "gallery_classifier": Key(str, "aspect_ratio", "how unlabelled gallery images get a category: zero_shot | "
+                                  "aspect_ratio", _one_of("zero_shot", "aspect_ratio"),
+                                  "'zero_shot' or 'aspect_ratio'"),
+        "rerank": Key(bool, False, "adaption re-ranking of each query's top rerank_k candidates"),
+        "rerank_k": Key(int, 20, "candidates re-ranked per query (at least the returned top_k)", _between(1, 1000),
+                        "an integer 1..1000"),
+        "rerank_blend": Key((int, float), 0.5, "weight of the adapted query's score (0 = original order)",
+                            _between(0, 1), "a number in [0, 1]"),
+        "rerank_flip": Key(bool, True, "score each candidate as the max over the image and its mirror"),
     },
     "predict": {
         "top_k": Key(int, 10, "image names per query in the submission", _between(1, 1000), "an integer 1..1000"),

@@ -2,7 +2,8 @@
 
 Output (``data/prepared``, a DVC stage output):
   {train,val,test}/images-*.safetensors + images.json   padded, resized uint8 images
-  {train,val,test}/manifest.json                        what each cached image is, and the text pairs/queries
+  {train,val,test}/manifest.json                        what each cached image is (labels, original
+                                                        width x height), and the text pairs/queries
   vocabulary.json                                       vehicle colours/types/brands from the training labels
   validation_report.json                                every rejected line or image, and the counts
 """
@@ -36,14 +37,16 @@ def _labelled_manifest(split: str, result: SplitScan, image_size: int) -> dict:
     for record in result.records:
         i = index_of[record.image_path]
         if images[i] is None:
-            images[i] = _record_entry(record)
+            width, height = result.image_sizes[i]
+            images[i] = {**_record_entry(record), "width": width, "height": height}
         pairs.append({"text": record.text, "image": i, "line": record.line})
     return {"split": split, "image_size": image_size, "images": images, "pairs": pairs}
 
 
 def _test_manifest(result: SplitScan, image_size: int) -> dict:
     return {"split": "test", "image_size": image_size,
-            "images": [{"image": Path(p).name, "path": p} for p in result.image_paths],
+            "images": [{"image": Path(p).name, "path": p, "width": w, "height": h}
+                       for p, (w, h) in zip(result.image_paths, result.image_sizes)],
             "queries": [{"text": q.text, "line": q.line, "category": q.category} for q in result.queries]}
 
 

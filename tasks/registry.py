@@ -288,8 +288,7 @@ def _evaluation_of(version) -> tuple[list[dict], str]:
 
 def _validation_for(params: dict, data: Path):
     from tasks import evaluate
-    cfg = params["evaluate"]
-    return evaluate.ValidationSet(data, cfg["pedestrian_relevance"], cfg["top_k"], cfg["batch_size"])
+    return evaluate.validation_for(params, data)
 
 
 def _rescore(name: str, version: int, validation) -> list[dict]:

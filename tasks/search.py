@@ -15,6 +15,9 @@ import torch
 from .errors import TrafficlipError
 
 BlockCallback = Callable[[slice, slice, torch.Tensor], None]
+# adjust(query rows, gallery rows, scores) -> scores: changes every score block the same way on every
+# walk (tasks/retrieval.py uses it to rank another category's images after a query's own).
+BlockAdjust = Callable[[slice, slice, torch.Tensor], torch.Tensor]
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -55,13 +58,14 @@ def check_embeddings(queries: torch.Tensor, gallery: torch.Tensor) -> None:
 
 
 def iter_blocks(queries: torch.Tensor, gallery: torch.Tensor, *, query_chunk: int = 1024,
-                gallery_chunk: int = 65536, query_chunks: Iterable[int] | None = None
-                ) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+                gallery_chunk: int = 65536, query_chunks: Iterable[int] | None = None,
+                adjust: BlockAdjust | None = None) -> Iterator[tuple[slice, slice, torch.Tensor]]:
     """Yield ``(query rows, gallery rows, float32 score block)`` in query-chunk-major, gallery-ascending order.
 
     Blocks are computed on the queries' device. ``query_chunks`` restricts the walk to those chunk
     numbers (chunk c covers query rows ``c*query_chunk .. (c+1)*query_chunk``); a block is always
     computed from exactly the same rows, so its scores are the same bits on every walk.
+    ``adjust``, if given, transforms every block before it is yielded.
     """
     device = queries.device
     n_q, n_g = queries.shape[0], gallery.shape[0]
@@ -72,7 +76,8 @@ def iter_blocks(queries: torch.Tensor, gallery: torch.Tensor, *, query_chunk: in
         for g0 in range(0, n_g, gallery_chunk):
             g = slice(g0, min(g0 + gallery_chunk, n_g))
             g_block = gallery[g].to(device=device, dtype=torch.float32)
-            yield q, g, torch.mm(q_block, g_block.t())
+            scores = torch.mm(q_block, g_block.t())
+            yield q, g, scores if adjust is None else adjust(q, g, scores)
 
 
 def _order(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,16 +114,16 @@ def _block_top_k(block: torch.Tensor, offset: int, k: int) -> tuple[torch.Tensor
 
 
 def top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, *, query_chunk: int = 1024,
-          gallery_chunk: int = 65536, on_block: BlockCallback | None = None
-          ) -> tuple[torch.Tensor, torch.Tensor]:
+          gallery_chunk: int = 65536, on_block: BlockCallback | None = None,
+          adjust: BlockAdjust | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores [Q, min(k, G)] float32 and indices [Q, min(k, G)] int64 of the k most similar gallery rows.
 
     Similarity is the inner product (callers pass L2-normalised embeddings, so it is cosine
     similarity). Rows are sorted by score descending, ties by the lower gallery index. Work is chunked
     over queries and gallery with a running top-k merge, so peak extra memory is
     O(query_chunk * gallery_chunk). ``on_block(query_rows, gallery_rows, scores)``, if given, sees every
-    score block once (used to compute further statistics in the same pass). Results live on the
-    queries' device.
+    score block once (used to compute further statistics in the same pass); ``adjust`` changes every
+    block before anything else sees it. Results live on the queries' device.
     """
     check_embeddings(queries, gallery)
     k = _check_positive_int("k", k)
@@ -134,7 +139,7 @@ def top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, *, query_chunk: 
             return out_values, out_indices
         running: tuple[torch.Tensor, torch.Tensor] | None = None
         for q, g, scores in iter_blocks(queries, gallery, query_chunk=query_chunk,
-                                        gallery_chunk=gallery_chunk):
+                                        gallery_chunk=gallery_chunk, adjust=adjust):
             if on_block is not None:
                 on_block(q, g, scores)
             block_values, block_indices = _block_top_k(scores, g.start, k)

@@ -383,9 +383,8 @@ class TrainTracker:
         self.seconds = 0.0          # time spent here, left out of the training speed
         self.validation = None
         if run:
-            from tasks.evaluate import ValidationSet
-            cfg = params["evaluate"]
-            self.validation = ValidationSet(data, cfg["pedestrian_relevance"], cfg["top_k"], cfg["batch_size"])
+            from tasks.evaluate import validation_for
+            self.validation = validation_for(params, data)
 
     def _log_steps(self, rows: list[dict]) -> None:
         new = rows[self.logged_rows:]

@@ -94,15 +94,17 @@ def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str,
     optimizer.load_state_dict(state_dict)
 
 
-def fingerprint(params: dict, data_dir: Path) -> str:
-    """What a checkpoint must match to be resumed: model and train params and the training data."""
+def fingerprint(params: dict, data_dir: Path, manifest: dict) -> str:
+    """What a checkpoint must match to be resumed: model and train params and the training data
+    (the image cache and the pairs' texts: an augmented manifest that changed no caption is the
+    same data as the prepared one)."""
     digest = hashlib.sha256(json.dumps({"model": params["model"], "train": {
         k: v for k, v in params["train"].items() if k not in ("threads", "checkpoint_every_steps")}},
         sort_keys=True).encode())
-    for name in (MANIFEST, "images.json"):
-        path = data_dir / "train" / name
-        if path.is_file():
-            digest.update(path.read_bytes())
+    digest.update(json.dumps([[pair["text"], pair["image"]] for pair in manifest["pairs"]]).encode())
+    index = data_dir / "train" / "images.json"
+    if index.is_file():
+        digest.update(index.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -145,19 +147,21 @@ def _steps_csv(rows: list[dict]) -> str:
 
 
 def run(params: dict, data: str | Path, out: str | Path, reports: str | Path,
-        stop_after_steps: int | None = None) -> dict:
+        stop_after_steps: int | None = None, manifest_path: str | Path | None = None) -> dict:
     """Train; write ``<out>/model`` (final), ``<out>/initial`` (the starting model, for the baseline).
 
+    The pairs come from ``manifest_path`` (the augmented manifest in the pipeline; by default the
+    prepared ``<data>/train/manifest.json``), the images always from the prepared cache.
     ``stop_after_steps`` interrupts the run after that many optimizer steps (tests use it to
     simulate a crash); the next call resumes from the last checkpoint.
     """
     with tracking.start(params, "train") as mlflow_run:
         tracker = tracking.TrainTracker(mlflow_run, params, data)
-        return _train(params, Path(data), Path(out), Path(reports), stop_after_steps, tracker)
+        return _train(params, Path(data), Path(out), Path(reports), stop_after_steps, tracker, manifest_path)
 
 
 def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps: int | None,
-           tracker: tracking.TrainTracker) -> dict:
+           tracker: tracking.TrainTracker, manifest_path: str | Path | None = None) -> dict:
     logger = log.setup("train")
     cfg = params["train"]
     if cfg["threads"]:
@@ -167,13 +171,17 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
     use_bf16 = cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and dev.type == "cuda")
 
     # data: decoded images and every pair's text, tokenised once
-    manifest = read_json(data / "train" / MANIFEST, "trafficlip prepare")
+    manifest_path = Path(manifest_path) if manifest_path else data / "train" / MANIFEST
+    manifest = read_json(manifest_path, "trafficlip prepare" if manifest_path.name == MANIFEST else "trafficlip augment")
     pairs = manifest["pairs"]
     images_meta = manifest["images"]
     if len(pairs) < 2:
-        raise TrafficlipError(f"{data / 'train' / MANIFEST}: {len(pairs)} training pair(s); "
+        raise TrafficlipError(f"{manifest_path}: {len(pairs)} training pair(s); "
                               "contrastive training needs at least 2")
     images = ImageCache(data / "train").all()
+    if len(images_meta) != len(images):
+        raise TrafficlipError(f"{manifest_path} describes {len(images_meta)} images but the cache "
+                              f"{data / 'train'} holds {len(images)}: rerun `trafficlip augment` after `prepare`")
     image_index = torch.tensor([p["image"] for p in pairs], dtype=torch.long)
 
     # model
@@ -201,7 +209,7 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
 
     # resume from the last complete checkpoint if it was made with the same configuration
     checkpoints = Checkpoints(out / "checkpoints")
-    run_fingerprint = fingerprint(params, data)
+    run_fingerprint = fingerprint(params, data, manifest)
     step, rows = 0, []
     last = checkpoints.last()
     if last and last.get("fingerprint") == run_fingerprint and last["step"] <= total_steps:

@@ -27,6 +27,7 @@ class SplitScan:
     records: list[Record] = field(default_factory=list)
     image_paths: list[str] = field(default_factory=list)       # unique decoded images, in first-seen order
     image_arrays: list[np.ndarray] = field(default_factory=list)
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)   # original (width, height)
     queries: list[Query] = field(default_factory=list)          # test split only
 
 
@@ -42,9 +43,10 @@ class Scan:
         return not self.report["rejected"]
 
 
-def _decode(root: Path, relative: str, size: int | None) -> np.ndarray | None:
+def _decode(root: Path, relative: str, size: int | None) -> tuple[np.ndarray | None, tuple[int, int]]:
+    """The prepared array (when ``size`` is given) and the original (width, height)."""
     image = load_image(root / relative)
-    return prepare_image(image, size) if size else None
+    return (prepare_image(image, size) if size else None), image.size
 
 
 def scan(root: str | Path, *, image_size: int | None = None,
@@ -73,9 +75,10 @@ def scan(root: str | Path, *, image_size: int | None = None,
                 error = None
             else:
                 try:
-                    array = _decode(root, path, image_size)
+                    array, original_size = _decode(root, path, image_size)
                     decoded[path] = len(result.image_paths)
                     result.image_paths.append(path)
+                    result.image_sizes.append(original_size)
                     if array is not None:
                         result.image_arrays.append(array)
                     error = None
@@ -123,8 +126,9 @@ def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejec
                                expected="one of " + " ".join(IMAGE_EXTENSIONS)).as_dict()
         else:
             try:
-                array = _decode(root, relative, image_size)
+                array, original_size = _decode(root, relative, image_size)
                 result.image_paths.append(relative)
+                result.image_sizes.append(original_size)
                 if array is not None:
                     result.image_arrays.append(array)
                 continue

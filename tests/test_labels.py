@@ -119,6 +119,7 @@ def test_vocabulary_from_training_labels(tiny_raw):
     ("A male pedestrian is someone who walks on foot.", "pedestrian"),
     ("A woman with a red bag.", "pedestrian"),
     ("This is a Kia.", "vehicle"),
+    ("This is a white.", "vehicle"),          # a label naming only the colour
     ("Lorem ipsum dolor.", None),
 ])
 def test_query_category(text, category):

@@ -158,7 +158,7 @@ def test_pipeline_logs_registers_and_promotes_through_the_server(server, tiny_pr
     shutil.copytree(tiny_prepared, tmp_path / "data" / "prepared")
     env = _client_env(url, user, password)
 
-    for step in (["train"], ["evaluate"]):
+    for step in (["augment"], ["train"], ["evaluate"]):
         result = _cli(step, env, tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "reports" / "train_summary.json").read_text())

@@ -65,6 +65,12 @@ def test_repro_runs_every_stage_and_writes_the_outputs(repo):
     assert (repo / "dvc.lock").is_file() and (repo / "reports" / "train_steps.csv").is_file()
     report = json.loads((repo / "data" / "prepared" / "validation_report.json").read_text())
     assert report["problems"] == 0
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert list(lock) == ["prepare", "augment", "train", "evaluate", "register", "promote", "predict"]
+    assert any(dep["path"] == "data/augmented" for dep in lock["train"]["deps"])
+    augment_report = json.loads((repo / "reports" / "augment_report.json").read_text())
+    assert augment_report["captions_changed"] == 0     # a random starting model is never confident
+    assert json.loads((repo / "reports" / "predict_report.json").read_text())["uncategorised_queries"] == []
 
 
 def test_unchanged_workspace_reruns_nothing(repo):
@@ -117,6 +123,25 @@ def test_changing_an_evaluate_param_reruns_evaluate_and_what_follows_it(repo):
     assert json.loads((repo / "reports" / "promotion.json").read_text())["decision"] == "already_champion"
     shown = _run(["dvc", "metrics", "diff", "--json"], repo)
     assert "metrics/eval.json" in shown.stdout
+
+
+def _ran(result) -> list[str]:
+    return [line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")]
+
+
+def test_changing_a_retrieval_param_reruns_evaluate_and_predict_only(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["retrieval"]["rerank_blend"] = 0.25
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert _ran(_run(["dvc", "repro"], repo)) == ["evaluate", "register", "promote", "predict"]
+
+
+def test_changing_an_augment_param_reruns_augment_and_what_follows_not_prepare(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["augment"]["min_confidence"] = 0.0      # now the random model's guesses are written
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert _ran(_run(["dvc", "repro"], repo)) == ["augment", "train", "evaluate", "register", "promote", "predict"]
+    assert json.loads((repo / "reports" / "augment_report.json").read_text())["captions_changed"] > 0
 
 
 def test_dvc_experiment_with_a_changed_learning_rate(repo):
