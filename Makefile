@@ -18,6 +18,11 @@ DEMO_SEED ?= 0
 # the MLflow UI (`make ui`) over the embedded store that `make run` fills
 MLFLOW_PORT ?= 5000
 
+# Airflow for `make run` / `make up`: its own home in the checkout, this checkout's DAGs and workspace
+AIRFLOW_HOME_DIR := $(CURDIR)/.airflow
+AIRFLOW_ENV := mkdir -p $(AIRFLOW_HOME_DIR) && AIRFLOW_HOME=$(AIRFLOW_HOME_DIR) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+  AIRFLOW__CORE__LOAD_EXAMPLES=False TRAFFICLIP_WORKSPACE=$(CURDIR) MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns.db
+
 .PHONY: venv run test metrics ui ablate clean
 
 $(STAMP): pyproject.toml
@@ -28,6 +33,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# `make run`: the training DAG, headless (`airflow dags test`), on SQLite, with the local runner, in
+# this checkout as the workspace. Airflow's home (metadata database, task logs) is .airflow/.
 run: $(STAMP)
 	@test -d .git || { echo "make run needs a git checkout (DVC requires one): git init first"; exit 1; }
 	@if [ ! -d data/raw ]; then \
@@ -37,18 +44,24 @@ run: $(STAMP)
 	fi
 	@echo "== tracking data/raw with DVC"
 	dvc add --quiet data/raw
-	@echo "== dvc repro"
-	dvc repro
+	@echo "== Airflow metadata database and pools ($(AIRFLOW_HOME_DIR))"
+	@$(AIRFLOW_ENV) trafficlip airflow-setup > $(AIRFLOW_HOME_DIR)/setup.log 2>&1 || { cat $(AIRFLOW_HOME_DIR)/setup.log; exit 1; }
+	@echo "== airflow dags test trafficlip_training (runner local; log: $(AIRFLOW_HOME_DIR)/dags-test.log)"
+	@$(AIRFLOW_ENV) airflow dags test trafficlip_training --conf '{"runner": "local"}' > $(AIRFLOW_HOME_DIR)/dags-test.log 2>&1 \
+	  || { tail -n 60 $(AIRFLOW_HOME_DIR)/dags-test.log; exit 1; }
+	@grep -E "Marking run .* (successful|failed)" $(AIRFLOW_HOME_DIR)/dags-test.log | tail -n 1 | sed 's/.*Marking run/run/' || true
+	@grep -q "Marking run .* successful" $(AIRFLOW_HOME_DIR)/dags-test.log \
+	  || { echo "the DAG run did not succeed:"; grep -E "ERROR|error|failed" $(AIRFLOW_HOME_DIR)/dags-test.log | tail -n 20; exit 1; }
 	dvc push --quiet || echo "(dvc push to the local remote failed; the pipeline results are still valid)"
-	@echo "== validation metrics (metrics/eval.json)"
-	@trafficlip metrics
+	@echo "== summary (validation metrics, registry, submission)"
+	@trafficlip summary
 	@if [ -f data/raw/test/test_ground_truth.txt ]; then \
 	  echo "== test submission outputs/submission.json scored against data/raw/test/test_ground_truth.txt"; \
 	  trafficlip score --submission outputs/submission.json --ground-truth data/raw/test/test_ground_truth.txt; \
 	fi
-	@echo "== model registry (promotion decision: reports/promotion.json)"
+	@echo "== model registry"
 	@trafficlip models
-	@echo "(browse the runs, charts, galleries and the registry: make ui)"
+	@echo "(the Airflow UI and the MLflow UI over these runs: make up)"
 
 metrics: $(STAMP)
 	@trafficlip metrics

@@ -116,6 +116,41 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_retrieve(args) -> int:
+    from tasks import batch
+    _print_json(batch.run(_params(args), args.gallery, args.queries, args.out, args.model))
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from tasks import orchestration
+    _print_json(orchestration.ingest(orchestration.workspace(args.workspace), args.source, args.on_error))
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from tasks import orchestration
+    root = orchestration.workspace(args.workspace)
+    info = orchestration.summary(root)
+    metrics = root / "metrics" / "eval.json"
+    if metrics.is_file():
+        print(metrics_table(json.loads(metrics.read_text())))
+    registration, promotion = info.get("registration") or {}, info.get("promotion") or {}
+    if registration:
+        print(f"registered: {registration.get('registered_model')} version {registration.get('version')}")
+    if promotion:
+        print(f"promotion:  {promotion.get('decision')} ({promotion.get('reason')}); "
+              f"@champion is version {promotion.get('champion_after')}")
+    print(f"submission: {info['submission'] or '(not written)'}")
+    return 0
+
+
+def cmd_airflow_setup(args) -> int:
+    from tasks import orchestration
+    _print_json(orchestration.airflow_setup())
+    return 0
+
+
 def cmd_score(args) -> int:
     from tasks import submission
     _print_json(submission.score(args.submission, args.ground_truth))
@@ -243,6 +278,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default="auto", help="augmentation model: auto | params | self | a checkpoint folder")
     p.add_argument("--truth", default="data/raw/synth_truth.json")
     p.set_defaults(func=cmd_ablate)
+
+    p = with_params(sub.add_parser("retrieve", help="rank a folder of images for a query file with a registered model"))
+    p.add_argument("--gallery", required=True, help="folder of images")
+    p.add_argument("--queries", required=True, help="text file, one query per line (test_text.txt format)")
+    p.add_argument("--out", required=True, help="writes submission.json, gallery.png, retrieval_report.json")
+    p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder "
+                                   "(default: models:/<mlflow.registered_model>@champion)")
+    p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("ingest", help="make a dataset folder the workspace's DVC-tracked data/raw")
+    p.add_argument("--source", required=True, help="a dataset in the challenge's format")
+    p.add_argument("--workspace", help="default: TRAFFICLIP_WORKSPACE or the project root")
+    p.add_argument("--on-error", choices=("fail", "quarantine"), default="fail")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("summary", help="what the last pipeline run left: metrics, registered version, alias, submission")
+    p.add_argument("--workspace", help="default: TRAFFICLIP_WORKSPACE or the project root")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("airflow-setup", help="migrate Airflow's database and create the DAGs' pools (idempotent)")
+    p.set_defaults(func=cmd_airflow_setup)
 
     p = sub.add_parser("score", help="score a submission against a ground-truth file (organisers' format)")
     p.add_argument("--submission", required=True)

@@ -15,7 +15,7 @@ THUMB = 112          # thumbnail side in pixels
 FRAME = 5            # frame width
 GAP = 6
 MARGIN = 10
-RELEVANT, NOT_RELEVANT = (40, 170, 60), (210, 45, 45)
+RELEVANT, NOT_RELEVANT, UNJUDGED = (40, 170, 60), (210, 45, 45), (150, 150, 150)
 
 
 def pick_queries(queries: Sequence[dict], count: int) -> list[int]:
@@ -41,8 +41,9 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def render(text: str, caption: str, images: np.ndarray, hits: Sequence[bool]) -> Image.Image:
-    """One gallery: ``text`` and ``caption`` above the images (uint8 [k, S, S, 3]) in rank order."""
+def render(text: str, caption: str, images: np.ndarray, hits: Sequence[bool | None]) -> Image.Image:
+    """One gallery: ``text`` and ``caption`` above the images (uint8 [k, S, S, 3]) in rank order;
+    a hit of None (no ground truth) gets a grey frame."""
     k = len(images)
     cell = THUMB + 2 * FRAME
     width = 2 * MARGIN + k * cell + (k - 1) * GAP
@@ -56,7 +57,7 @@ def render(text: str, caption: str, images: np.ndarray, hits: Sequence[bool]) ->
     draw.text((MARGIN, MARGIN + 19 * len(lines)), caption, fill=(90, 90, 90), font=small)
     for rank, (pixels, hit) in enumerate(zip(images, hits)):
         x = MARGIN + rank * (cell + GAP)
-        draw.rectangle((x, top, x + cell - 1, top + cell - 1), fill=RELEVANT if hit else NOT_RELEVANT)
+        draw.rectangle((x, top, x + cell - 1, top + cell - 1), fill=UNJUDGED if hit is None else RELEVANT if hit else NOT_RELEVANT)
         thumb = Image.fromarray(np.asarray(pixels, dtype=np.uint8)).resize((THUMB, THUMB), Image.Resampling.BICUBIC)
         canvas.paste(thumb, (x + FRAME, top + FRAME))
         draw.text((x + cell // 2 - 8, top + cell + 3), f"#{rank + 1}", fill=(0, 0, 0), font=small)

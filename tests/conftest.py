@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,6 +14,11 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["DVC_NO_ANALYTICS"] = "1"
+# Airflow reads its configuration when first imported: a private home (SQLite metadata database),
+# the project's DAGs, no examples. Tests that run Airflow processes derive their environment from this.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="trafficlip-airflow-home-")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
 
 from tasks import params as params_mod  # noqa: E402
 from tasks import prepare, synth  # noqa: E402
@@ -81,3 +89,37 @@ def tracked(tiny_prepared, tmp_path_factory, mlflow_store) -> SimpleNamespace:
                            model=folder / "models" / "model", metrics=folder / "metrics" / "eval.json",
                            per_query=folder / "reports" / "eval_queries.json",
                            train_summary=folder / "reports" / "train_summary.json")
+
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+WORKSPACE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
+# what the tiny workspace changes in params.yaml (line edits, so its comments stay as a user has them)
+TINY_WORKSPACE_EDITS = {"warmup_steps: 50 ": "warmup_steps: 2  ", "threads: 0 ": "threads: 1 ",
+                        "bootstrap_samples: 2000": "bootstrap_samples: 200 ", "gallery_queries: 6 ": "gallery_queries: 2 ",
+                        "epochs: 7 ": "epochs: 2 ", "batch_size: 128 ": "batch_size: 16  ", "floor: 0.05 ": "floor: 0.0  "}
+
+
+def tool_env(**extra: str) -> dict:
+    """The environment for the project's commands in a subprocess: this venv's bin first."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **GIT_ENV,
+            **extra}
+
+
+def make_workspace(target: Path, raw: Path) -> Path:
+    """A workspace as a deployment has one: a git + DVC checkout of the project (its dvc.yaml,
+    params.yaml with tiny training values, tasks/) with ``raw`` tracked as data/raw, committed."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in WORKSPACE_FILES:
+        shutil.copy(ROOT / name, target / name)
+    text = (target / "params.yaml").read_text()
+    for old, new in TINY_WORKSPACE_EDITS.items():
+        assert old in text, f"params.yaml no longer has {old!r}: update TINY_WORKSPACE_EDITS"
+        text = text.replace(old, new)
+    (target / "params.yaml").write_text(text)
+    shutil.copytree(ROOT / "tasks", target / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / ".dvc", target / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
+    shutil.copytree(raw, target / "data" / "raw")
+    for cmd in (["git", "init", "-q"], ["dvc", "add", "-q", "data/raw"], ["git", "add", "-A"],
+                ["git", "commit", "-q", "-m", "workspace"]):
+        subprocess.run(cmd, cwd=target, env=tool_env(), check=True, capture_output=True)
+    return target

@@ -1,0 +1,55 @@
+"""
+### Batch retrieval with the champion model
+
+Ranks every image of a gallery folder for every line of a query file (the format of
+`test/test_text.txt`) with the registry's current `@champion` (or a version or checkpoint you name),
+and writes `submission.json` (the challenge's format), `gallery.png` (the top images of the first
+queries) and `retrieval_report.json` (model version, counts, unreadable images) to the output folder.
+The ranking follows the workspace's `params.yaml` `retrieval` section, as evaluation does.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from tasks import orchestration as orch
+
+with DAG(
+    dag_id="trafficlip_retrieval",
+    description="Rank a gallery folder for a query file with the @champion model",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    tags=["trafficlip", "retrieval", "mlflow"],
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
+                  "execution_timeout": timedelta(hours=6)},
+    params={
+        "gallery": Param("", type="string", minLength=1, maxLength=1000, title="Gallery folder",
+                         description="Absolute path of a folder of images (jpg, png, ...) on the workers.",
+                         section="Input"),
+        "queries": Param("", type="string", minLength=1, maxLength=1000, title="Query file",
+                         description="Absolute path of a text file, one query per line.", section="Input"),
+        "output": Param("", type="string", minLength=1, maxLength=1000, title="Output folder",
+                        description="Where submission.json, gallery.png and retrieval_report.json go.",
+                        section="Output"),
+        "model": Param("", type="string", maxLength=1000, title="Model",
+                       description="Empty: the registry's @champion. Or models:/NAME/VERSION, models:/NAME@ALIAS, "
+                                   "or a local checkpoint folder.", section="Model"),
+    },
+) as dag:
+
+    @task
+    def retrieve(params: dict | None = None) -> dict:
+        args = ["retrieve", "--gallery", params["gallery"], "--queries", params["queries"], "--out", params["output"]]
+        if params["model"]:
+            args += ["--model", params["model"]]
+        try:
+            return orch.cli(args, orch.workspace(), "trafficlip retrieve")
+        except orch.UserError as exc:
+            raise AirflowFailException(str(exc)) from None
+
+    retrieve()

@@ -1,0 +1,336 @@
+"""The Airflow DAGs: structure, the trigger form, the runners, and real in-process runs (`dag.test()`)
+of the training, ingest and retrieval DAGs on a tiny workspace with a SQLite metadata database.
+
+No Docker engine or Kubernetes cluster exists here: the docker and kubernetes runners are built and
+their rendered command, image, GPU request and resources asserted, never executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks import orchestration as orch
+from tasks import runners, synth
+from tasks.submission import read_submission
+from tests.conftest import ROOT, make_workspace, tool_env
+
+DAG_IDS = {"trafficlip_training", "trafficlip_ingest", "trafficlip_retrieval"}
+DVC_TASKS = ("prepare", "augment", "train_local", "record_train", "evaluate", "predict")
+
+
+@pytest.fixture(scope="module")
+def airflow_db():
+    """Airflow's metadata database (SQLite in the session's AIRFLOW_HOME) with the DAGs' pools."""
+    result = subprocess.run([sys.executable, "-m", "tasks", "airflow-setup"], env=tool_env(), capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return os.environ["AIRFLOW_HOME"]
+
+
+def _dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_raw):
+    """A workspace, its own MLflow store, and the DAGs parsed against it."""
+    root = make_workspace(tmp_path_factory.mktemp("dag-workspace") / "ws", tiny_raw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRAFFICLIP_WORKSPACE", str(root))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
+        bag = _dagbag()
+        assert not bag.import_errors, bag.import_errors
+        yield root, bag.dags
+
+
+@pytest.fixture(scope="module")
+def trained(workspace, airflow_db):
+    """The training DAG run once from scratch, then once more with nothing changed."""
+    root, dags = workspace
+    conf = {"epochs": 2, "batch_size": 16, "learning_rate": 0.002, "floor": 0.0, "runner": "local"}
+    first = dags["trafficlip_training"].test(run_conf=conf)
+    first_states = {ti.task_id: ti.state for ti in first.get_task_instances()}
+    first_xcom = {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in first.get_task_instances()
+                  if ti.state == "success"}
+    second = dags["trafficlip_training"].test(run_conf=conf)
+    second_states = {ti.task_id: ti.state for ti in second.get_task_instances()}
+    return root, dags, (first.state, first_states, first_xcom), (second.state, second_states)
+
+
+# --- structure --------------------------------------------------------------------------------------
+
+def test_every_dag_file_imports_with_tags_retries_and_docs():
+    bag = _dagbag()
+    assert not bag.import_errors, bag.import_errors
+    assert set(bag.dags) == DAG_IDS
+    for dag in bag.dags.values():
+        assert dag.tags and "trafficlip" in dag.tags, dag.dag_id
+        assert dag.doc_md and dag.doc_md.strip().startswith("###"), dag.dag_id
+        for t in dag.tasks:
+            assert t.retries >= 2, (dag.dag_id, t.task_id)
+            assert t.retry_exponential_backoff, (dag.dag_id, t.task_id)
+            assert t.execution_timeout is not None, (dag.dag_id, t.task_id)
+
+
+def test_dags_have_no_cycles_and_the_training_order():
+    dag = _dagbag().dags["trafficlip_training"]
+    order = [t.task_id for t in dag.topological_sort()]       # raises on a cycle
+    chain = ["configure", "validate", "prepare", "augment", "choose_runner", "record_train", "evaluate",
+             "register", "promote", "predict", "report"]
+    assert [t for t in order if t in chain] == chain
+    for runner in orch.RUNNERS:
+        task = dag.get_task(f"train_{runner}")
+        assert task.upstream_task_ids == {"choose_runner"} and task.downstream_task_ids == {"record_train"}
+
+
+def test_pools_serialise_dvc_work_and_promotion():
+    dag = _dagbag().dags["trafficlip_training"]
+    for task_id in ("configure", "prepare", "augment", "choose_runner", "record_train", "evaluate", "predict"):
+        assert dag.get_task(task_id).pool == orch.DVC_POOL, task_id
+    for task_id in ("register", "promote"):
+        assert dag.get_task(task_id).pool == orch.PROMOTION_POOL, task_id
+    assert dag.max_active_runs == 1
+    ingest = _dagbag().dags["trafficlip_ingest"]
+    assert ingest.get_task("ingest").pool == orch.DVC_POOL
+
+
+def test_training_runs_on_raw_data_updates_and_weekly():
+    bag = _dagbag()
+    training, ingest = bag.dags["trafficlip_training"], bag.dags["trafficlip_ingest"]
+    outlets = ingest.get_task("ingest").outlets
+    assert [a.uri for a in outlets] == [orch.RAW_DATA_ASSET["uri"]]
+    timetable = training.timetable
+    assert type(timetable).__name__ == "AssetOrTimeSchedule"
+    assert [a.uri for a in timetable.asset_condition.objects] == [orch.RAW_DATA_ASSET["uri"]]
+    assert timetable.timetable.expression == "0 3 * * 0"
+
+
+def test_no_secret_reaches_the_dag_files_or_the_serialised_dags(monkeypatch):
+    secret = "pw-0f1e2d3c4b5a"
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    from airflow.serialization.serialized_objects import DagSerialization
+    for dag in _dagbag().dags.values():
+        assert secret not in json.dumps(DagSerialization.to_dict(dag), default=str), dag.dag_id
+    pattern = re.compile(r"(password|secret|token|api_key)\s*[=:]\s*['\"][^'\"]+['\"]", re.I)
+    for path in (ROOT / "dags").glob("*.py"):
+        assert not pattern.search(path.read_text()), path
+
+
+# --- the trigger form -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value", [
+    ("epochs", 0), ("epochs", 500), ("epochs", "three"), ("learning_rate", 0), ("learning_rate", -1e-3),
+    ("batch_size", 1), ("runner", "gpu"), ("confidence", 1.5), ("min_gain", -0.1), ("floor", 2),
+    ("data_revision", "main; rm -rf /"), ("model_name", ""),
+])
+def test_the_form_refuses_bad_values_before_a_run(field, value, workspace, airflow_db):
+    """A run's conf is validated against the Params when the run is created (the form, the REST API
+    and dag.test all create runs that way): a bad value never starts a task."""
+    from airflow.sdk.exceptions import ParamValidationError
+    root, dags = workspace
+    params_before = (root / "params.yaml").read_text()
+    with pytest.raises(ParamValidationError, match=field):
+        dags["trafficlip_training"].test(run_conf={field: value})
+    assert (root / "params.yaml").read_text() == params_before
+
+
+def test_form_defaults_come_from_the_workspace_params(workspace):
+    root, dags = workspace
+    values = {name: param.value for name, param in dags["trafficlip_training"].params.items()}
+    assert values["epochs"] == 2 and values["batch_size"] == 16 and values["runner"] == "local"
+    assert values["model_name"] == yaml.safe_load((root / "params.yaml").read_text())["model"]["name"]
+    sections = {param.schema.get("section") for param in dags["trafficlip_training"].params.values()}
+    assert sections >= {"Model", "Training", "Promotion", "Data"}
+    for name, param in dags["trafficlip_training"].params.items():
+        assert param.schema.get("title") and param.description, name
+
+
+# --- runners ----------------------------------------------------------------------------------------
+
+def test_all_runners_run_the_train_stage_command():
+    dvc_cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["cmd"].split()
+    assert dvc_cmd[:3] == ["python", "-m", "tasks"]
+    expected = ["trafficlip", *dvc_cmd[3:]]
+    settings = runners.RunnerSettings(image="registry.example/trafficlip-train:1.2", gpus=1)
+    docker = runners.docker_operator(settings, ROOT, task_id="d")
+    pod = runners.kubernetes_operator(settings, ROOT, task_id="k")
+    assert runners.train_command(ROOT, 0) == expected
+    assert [*docker.entrypoint, *docker.command] == expected
+    assert [*pod.cmds, *pod.arguments] == expected
+
+
+def test_docker_runner_requests_gpus_and_mounts_the_workspace(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-in-worker-env")
+    settings = runners.RunnerSettings.from_env({"TRAFFICLIP_TRAIN_IMAGE": "trafficlip-train:7", "TRAFFICLIP_TRAIN_GPUS": "2",
+                                                "TRAFFICLIP_TRAIN_SHM": "16g",
+                                                "TRAFFICLIP_DOCKER_WORKSPACE": "trafficlip-workspace"})
+    op = runners.docker_operator(settings, ROOT, task_id="train_docker")
+    assert op.image == "trafficlip-train:7"
+    assert op.entrypoint == ["torchrun"] and op.command[:3] == ["--standalone", "--nproc_per_node=2", "-m"]
+    assert op.command[3:5] == ["tasks", "train"]
+    [request] = op.device_requests
+    assert request["Count"] == 2 and request["Capabilities"] == [["gpu"]]
+    [mount] = op.mounts
+    assert (mount["Target"], mount["Source"], mount["Type"]) == ("/workspace", "trafficlip-workspace", "volume")
+    assert op.working_dir == "/workspace" and op.shm_size == 16 * 1024 ** 3
+    assert op.environment["HF_HUB_OFFLINE"] == "1"
+    assert "pw-in-worker-env" not in json.dumps(op.environment)   # added privately, only when the task runs
+    bind = runners.docker_operator(runners.RunnerSettings(), ROOT, task_id="t")
+    assert bind.mounts[0]["Type"] == "bind" and bind.mounts[0]["Source"] == str(ROOT)
+
+
+def test_kubernetes_runner_requests_gpus_on_a_gpu_node():
+    settings = runners.RunnerSettings.from_env({"TRAFFICLIP_TRAIN_GPUS": "4", "TRAFFICLIP_TRAIN_CPUS": "32",
+                                                "TRAFFICLIP_TRAIN_MEMORY": "128Gi", "TRAFFICLIP_K8S_NAMESPACE": "ml",
+                                                "TRAFFICLIP_K8S_PVC": "ws", "TRAFFICLIP_K8S_MLFLOW_SECRET": "mlf",
+                                                "TRAFFICLIP_K8S_GPU_NODE_SELECTOR": "gpu=h200"})
+    pod = runners.kubernetes_operator(settings, ROOT, task_id="train_kubernetes")
+    assert pod.namespace == "ml" and pod.image == runners.RunnerSettings().image
+    assert pod.cmds == ["torchrun"] and pod.arguments[:2] == ["--standalone", "--nproc_per_node=4"]
+    limits = pod.container_resources.limits
+    assert limits == {"cpu": "32", "memory": "128Gi", "nvidia.com/gpu": "4"}
+    assert pod.container_resources.requests == limits
+    assert pod.node_selector == {"gpu": "h200"}
+    assert [(t.key, t.effect) for t in pod.tolerations] == [("nvidia.com/gpu", "NoSchedule")]
+    volumes = {v.name: v for v in pod.volumes}
+    assert volumes["workspace"].persistent_volume_claim.claim_name == "ws"
+    assert volumes["dshm"].empty_dir.medium == "Memory"
+    assert {m.mount_path for m in pod.volume_mounts} == {"/workspace", "/dev/shm"}
+    assert pod.env_from[0].secret_ref.name == "mlf"
+    cpu_only = runners.kubernetes_operator(runners.RunnerSettings(gpus=0), ROOT, task_id="k")
+    assert "nvidia.com/gpu" not in cpu_only.container_resources.limits and not cpu_only.node_selector
+
+
+def test_bad_runner_settings_are_named():
+    with pytest.raises(ValueError, match="TRAFFICLIP_K8S_GPU_NODE_SELECTOR"):
+        runners.RunnerSettings.from_env({"TRAFFICLIP_K8S_GPU_NODE_SELECTOR": "no-equals"})
+    with pytest.raises(ValueError, match="TRAFFICLIP_TRAIN_GPUS"):
+        runners.RunnerSettings.from_env({"TRAFFICLIP_TRAIN_GPUS": "-1"})
+
+
+# --- orchestration helpers --------------------------------------------------------------------------
+
+def test_configure_keeps_comments_validates_and_leaves_unchanged_files_alone(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    before = path.stat().st_mtime_ns
+    assert orch.configure(tmp_path, {"train.epochs": yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["epochs"]})[
+        "changed"] == {}
+    assert path.stat().st_mtime_ns == before
+    result = orch.configure(tmp_path, {"train.epochs": 3, "train.lr": 0.0005})
+    assert set(result["changed"]) == {"train.epochs", "train.lr"}
+    text = path.read_text()
+    assert re.search(r"^  epochs: 3 +# passes over the training pairs", text, re.M)
+    assert yaml.safe_load(text)["train"]["lr"] == 0.0005
+    with pytest.raises(Exception, match="train.epochs"):
+        orch.configure(tmp_path, {"train.epochs": "many"})
+    assert yaml.safe_load(path.read_text())["train"]["epochs"] == 3
+
+
+def test_unknown_data_revision_fails_as_a_user_error(workspace):
+    root, _ = workspace
+    with pytest.raises(orch.UserError, match="data revision 'no-such-tag'"):
+        orch.checkout_data(root, "no-such-tag")
+
+
+# --- real runs --------------------------------------------------------------------------------------
+
+def test_training_dag_runs_end_to_end_and_registers_a_champion(trained):
+    root, _, (state, states, xcom), _ = trained
+    assert state == "success", states
+    assert {t: s for t, s in states.items() if t.startswith("train_")} == {
+        "train_local": "success", "train_docker": "skipped", "train_kubernetes": "skipped"}
+    assert all(s == "success" for t, s in states.items() if not t.startswith("train_")), states
+    assert xcom["configure"]["changed"]["train.lr"]["to"] == 0.002
+    assert xcom["register"]["version"] == 1
+    assert xcom["promote"]["decision"] == "promoted" and xcom["promote"]["champion_after"] == 1
+    submission = read_submission(root / "outputs" / "submission.json")
+    assert len(submission) == len((root / "data" / "raw" / "test" / "test_text.txt").read_text().splitlines())
+    report = xcom["report"]
+    assert report["registration"]["version"] == 1 and report["promotion"]["champion_after"] == 1
+    assert report["submission"] == str(root / "outputs" / "submission.json")
+    # XCom carries metadata only
+    assert all(len(json.dumps(value)) < 4000 for value in xcom.values())
+    # dvc.lock records the training the local runner did, so DVC agrees that nothing is stale
+    assert orch.stale_stages(root) <= {"register", "promote"}
+    from mlflow import MlflowClient
+    client = MlflowClient(f"sqlite:///{root / 'mlruns.db'}")
+    assert int(client.get_model_version_by_alias("traffic-clip", "champion").version) == 1
+    assert len(client.search_model_versions("name='traffic-clip'")) == 1
+
+
+def test_second_run_with_unchanged_data_skips_the_dvc_stages(trained):
+    root, _, _, (state, states) = trained
+    assert state == "success", states
+    for task_id in DVC_TASKS:
+        assert states[task_id] == "skipped", (task_id, states)
+    assert states["register"] == states["promote"] == "success"
+    assert json.loads((root / "reports" / "promotion.json").read_text())["decision"] == "already_champion"
+    from mlflow import MlflowClient
+    assert len(MlflowClient(f"sqlite:///{root / 'mlruns.db'}").search_model_versions("name='traffic-clip'")) == 1
+
+
+def test_a_bad_data_revision_fails_the_run_without_retrying(trained):
+    _, dags, _, _ = trained
+    run = dags["trafficlip_training"].test(run_conf={"data_revision": "v-does-not-exist"})
+    states = {ti.task_id: ti for ti in run.get_task_instances()}
+    assert run.state == "failed"
+    assert states["configure"].state == "failed" and states["configure"].try_number == 1
+    assert states["train_local"].state in ("upstream_failed", None)
+
+
+def test_retrieval_dag_ranks_a_gallery_with_the_champion(trained, tmp_path):
+    root, dags, _, _ = trained
+    gallery = root / "data" / "raw" / "test" / "test_images"
+    queries = root / "data" / "raw" / "test" / "test_text.txt"
+    out = tmp_path / "retrieval"
+    run = dags["trafficlip_retrieval"].test(run_conf={"gallery": str(gallery), "queries": str(queries),
+                                                     "output": str(out)})
+    assert run.state == "success"
+    submission = read_submission(out / "submission.json")
+    assert [text for text, _ in submission] == [line.strip() for line in queries.read_text().splitlines() if line.strip()]
+    names = {p.name for p in gallery.iterdir()}
+    assert all(set(ranked) <= names for _, ranked in submission)
+    report = json.loads((out / "retrieval_report.json").read_text())
+    assert report["version"] == 1 and report["model"] == "models:/traffic-clip@champion"
+    from PIL import Image
+    with Image.open(out / "gallery.png") as picture:
+        assert picture.width > 200 and picture.height > 200
+
+
+def test_ingest_dag_tracks_a_new_dataset_and_updates_the_asset(trained, tmp_path):
+    root, dags, _, _ = trained
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    new = synth.generate(tmp_path / "new-raw", vehicles=40, pedestrians=40, seed=11) and tmp_path / "new-raw"
+    run = dags["trafficlip_ingest"].test(run_conf={"source": str(new)})
+    assert run.state == "success"
+    [ti] = run.get_task_instances()
+    result = ti.xcom_pull(task_ids="ingest")
+    assert result["changed"] and result["commit"] and result["commit"] != head
+    log = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=root, capture_output=True, text=True).stdout
+    assert log.startswith("data: ingest new-raw")
+    assert orch.data_md5(root) == result["data_md5"]
+    assert "prepare" in orch.stale_stages(root)              # the next training run retrains
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    with create_session() as session:
+        events = (session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                  .filter(AssetModel.uri == orch.RAW_DATA_ASSET["uri"]).all())
+        assert len(events) == 1 and events[0].source_dag_id == "trafficlip_ingest"
+    # the same content again: nothing changes, no asset event, no commit
+    again = dags["trafficlip_ingest"].test(run_conf={"source": str(new)})
+    assert again.get_task_instances()[0].state == "skipped"
+    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                          text=True).stdout.strip() == result["commit"]
+    # a training run on the previous data revision puts the old data back
+    assert orch.checkout_data(root, head)["data_md5"] != result["data_md5"]
