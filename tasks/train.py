@@ -6,6 +6,10 @@ Read top to bottom: config, data, model, optimizer, schedule, loop, checkpoint.
 - A checkpoint (local-dir folder + optimizer state) at the end of every epoch, and every
   ``checkpoint_every_steps`` if set; rerunning resumes from the last complete one when the
   configuration is unchanged, and ends with the same weights as an uninterrupted run.
+- Several processes (``torchrun --nproc_per_node=N -m tasks train ...``): ``train.batch_size`` pairs
+  per process, features gathered across processes with gradients (open_clip's ``ClipLoss``), so N
+  processes x batch B give the loss and gradients of one process x batch N*B; rank 0 alone writes
+  checkpoints, reports and MLflow. NCCL on GPUs, gloo on CPU.
 - Per-step loss and learning rate go to ``reports/train_steps.csv`` (a DVC plot) and, with tracking
   on, to MLflow together with validation metrics at every epoch end and the logged model
   (``tasks/tracking.py``: the ``tracker`` calls below).
@@ -18,8 +22,10 @@ import hashlib
 import io
 import json
 import math
+import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -94,6 +100,53 @@ def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str,
     optimizer.load_state_dict(state_dict)
 
 
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def init_distributed() -> Distributed:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank)
+
+
+def contrastive_loss(dist: Distributed):
+    """open_clip's CLIP loss; across processes every rank scores its pairs against the gathered batch."""
+    return models.open_clip().ClipLoss(local_loss=False, gather_with_grad=dist.world > 1, cache_labels=True,
+                                       rank=dist.rank, world_size=dist.world)
+
+
+def distributed_model(model: torch.nn.Module, dist: Distributed, dev: torch.device) -> torch.nn.Module:
+    if dist.world == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def shard(batch: torch.Tensor, dist: Distributed) -> torch.Tensor:
+    """This rank's contiguous share of a global batch (rank order = the gathered feature order)."""
+    size = len(batch) // dist.world
+    return batch[dist.rank * size:(dist.rank + 1) * size]
+
+
 def fingerprint(params: dict, data_dir: Path, manifest: dict) -> str:
     """What a checkpoint must match to be resumed: model and train params and the training data
     (the image cache and the pairs' texts: an augmented manifest that changed no caption is the
@@ -138,6 +191,20 @@ class Checkpoints:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _global_batches(groups: list[torch.Tensor], global_batch: int, seed: int, epoch: int, dist: Distributed,
+                    logger) -> list[torch.Tensor]:
+    """The epoch's global batches; across processes only those that split evenly (a smaller last
+    batch of a small category group is left out of this epoch, and the log says so)."""
+    batches = epoch_batches(groups, global_batch, seed, epoch)
+    if dist.world == 1:
+        return batches
+    even = [b for b in batches if len(b) == global_batch]
+    if len(even) < len(batches) and epoch == 0:
+        logger.info("%d batch(es) smaller than %d pairs do not split over %d processes; left out each epoch",
+                    len(batches) - len(even), global_batch, dist.world)
+    return even
+
+
 def _steps_csv(rows: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=STEPS_CSV_FIELDS, lineterminator="\n")
@@ -155,18 +222,26 @@ def run(params: dict, data: str | Path, out: str | Path, reports: str | Path,
     ``stop_after_steps`` interrupts the run after that many optimizer steps (tests use it to
     simulate a crash); the next call resumes from the last checkpoint.
     """
-    with tracking.start(params, "train") as mlflow_run:
-        tracker = tracking.TrainTracker(mlflow_run, params, data)
-        return _train(params, Path(data), Path(out), Path(reports), stop_after_steps, tracker, manifest_path)
+    dist = init_distributed()
+    try:
+        tracked = params if dist.main else {**params, "mlflow": {**params["mlflow"], "enabled": False}}
+        with tracking.start(tracked, "train") as mlflow_run:
+            tracker = tracking.TrainTracker(mlflow_run, tracked, data)
+            return _train(params, Path(data), Path(out), Path(reports), stop_after_steps, tracker, manifest_path,
+                          dist)
+    finally:
+        if dist.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps: int | None,
-           tracker: tracking.TrainTracker, manifest_path: str | Path | None = None) -> dict:
-    logger = log.setup("train")
+           tracker: tracking.TrainTracker, manifest_path: str | Path | None = None,
+           dist: Distributed = Distributed()) -> dict:
+    logger = log.setup("train" if dist.world == 1 else f"train[rank {dist.rank}/{dist.world}]")
     cfg = params["train"]
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    dev = models.device()
+    dev = torch.device("cuda", dist.local_rank) if dist.world > 1 and torch.cuda.is_available() else models.device()
     torch.use_deterministic_algorithms(dev.type == "cpu", warn_only=True)
     use_bf16 = cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and dev.type == "cuda")
 
@@ -190,10 +265,10 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
         raise TrafficlipError(f"prepared images are {images.shape[1]} px but {clip.name} takes "
                               f"{clip.image_size} px: rerun `prepare` for this model")
     tokens = clip.tokenize([p["text"] for p in pairs])
-    if not (out / "initial").is_dir():
+    if dist.main and not (out / "initial").is_dir():
         models.save_checkpoint(clip, out / "initial", extra={"role": "initial", "seed": cfg["seed"]})
     clip.model.to(dev)
-    loss_fn = models.open_clip().ClipLoss()
+    loss_fn = contrastive_loss(dist)
     optimizer = _optimizer(clip.model, cfg["lr"], cfg["weight_decay"], dev)
 
     # batches drawn within one category are harder (a pedestrian is never a negative for a car query)
@@ -202,14 +277,21 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
         groups = [torch.tensor([i for i, c in enumerate(categories) if c == name]) for name in sorted(set(categories))]
     else:
         groups = [torch.arange(len(pairs))]
-    batch_size = min(cfg["batch_size"], max(len(g) for g in groups))
-    steps_per_epoch = len(epoch_batches(groups, batch_size, cfg["seed"], 0))
+    # per process; the global batch (what one step's loss sees) is batch_size x processes
+    batch_size = min(cfg["batch_size"], max(len(g) for g in groups) // dist.world)
+    global_batch = batch_size * dist.world
+    if batch_size < 2:
+        raise TrafficlipError(f"{len(pairs)} training pairs cannot make batches of at least 2 pairs for each of "
+                              f"{dist.world} processes")
+    steps_per_epoch = len(_global_batches(groups, global_batch, cfg["seed"], 0, dist, logger))
     total_steps = steps_per_epoch * cfg["epochs"]
     warmup = min(cfg["warmup_steps"], total_steps // 2)
 
     # resume from the last complete checkpoint if it was made with the same configuration
     checkpoints = Checkpoints(out / "checkpoints")
     run_fingerprint = fingerprint(params, data, manifest)
+    if dist.world > 1:
+        run_fingerprint += f"-x{dist.world}"
     step, rows = 0, []
     last = checkpoints.last()
     if last and last.get("fingerprint") == run_fingerprint and last["step"] <= total_steps:
@@ -222,14 +304,17 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
         logger.info("resuming from %s (step %d of %d)", folder, step, total_steps)
     elif last:
         logger.info("checkpoint %s was made with other params or data; starting afresh", last["folder"])
-        checkpoints.clear()
+        if dist.main:
+            checkpoints.clear()
+    dist.barrier()
+    net = distributed_model(clip.model, dist, dev)
 
-    logger.info("training %s on %d pairs: %d epochs x %d steps, batch %d, lr %g, %s on %s",
-                clip.name, len(pairs), cfg["epochs"], steps_per_epoch, batch_size, cfg["lr"],
-                "bf16" if use_bf16 else "fp32", dev)
+    logger.info("training %s on %d pairs: %d epochs x %d steps, batch %d%s, lr %g, %s on %s",
+                clip.name, len(pairs), cfg["epochs"], steps_per_epoch, batch_size,
+                f" x {dist.world} processes" if dist.world > 1 else "", cfg["lr"], "bf16" if use_bf16 else "fp32", dev)
     clip.model.train()
     started, trained_samples = time.monotonic(), 0
-    if step == 0:
+    if step == 0 and dist.main:
         tracker.validate(clip, 0)  # the starting point of the validation curves
     every = cfg["checkpoint_every_steps"]
     first_step = step
@@ -237,15 +322,15 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
     for step in bar:
         epoch, offset = divmod(step, steps_per_epoch)
         if offset == 0 or step == first_step:
-            batches = epoch_batches(groups, batch_size, cfg["seed"], epoch)
-        batch = batches[offset]
+            batches = _global_batches(groups, global_batch, cfg["seed"], epoch, dist, logger)
+        batch = shard(batches[offset], dist)
         x = to_model_input(images[image_index[batch]], clip.mean, clip.std).to(dev, non_blocking=True)
         t = tokens[batch].to(dev, non_blocking=True)
         lr = lr_at(step, total_steps, cfg["lr"], warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            image_features, text_features, logit_scale = clip.model(x, t)[:3]
+            image_features, text_features, logit_scale = net(x, t)[:3]
             loss = loss_fn(image_features, text_features, logit_scale)
         if not torch.isfinite(loss):
             raise TrafficlipError(f"training diverged at step {step} (loss {loss.item()}); lower train.lr")
@@ -256,13 +341,13 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
         optimizer.step()
         with torch.no_grad():  # as CLIP: keep the temperature in a sane range
             clip.model.logit_scale.clamp_(0, math.log(100))
-        trained_samples += len(batch)
+        trained_samples += len(batch) * dist.world
         rows.append({"step": step + 1, "epoch": epoch + 1, "loss": f"{loss.item():.6f}", "lr": f"{lr:.6g}"})
         done = step + 1
-        if done % steps_per_epoch == 0 or (every and done % every == 0) or done == total_steps:
+        if dist.main and (done % steps_per_epoch == 0 or (every and done % every == 0) or done == total_steps):
             state = {"step": done, "epoch": done / steps_per_epoch, "fingerprint": run_fingerprint}
             checkpoints.save(clip, optimizer, state, _steps_csv(rows))
-        if done % steps_per_epoch == 0:
+        if dist.main and done % steps_per_epoch == 0:
             tracker.epoch_end(rows, done, done // steps_per_epoch, clip)
         if stop_after_steps is not None and done >= stop_after_steps and done < total_steps:
             logger.info("stopping after step %d as asked (stop_after_steps)", done)
@@ -270,10 +355,13 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
             return {"interrupted_at": done}
 
     elapsed = time.monotonic() - started - tracker.seconds  # training speed without the validation passes
+    if not dist.main:
+        return {"rank": dist.rank, "world_size": dist.world, "steps": total_steps}
     write_text(reports / "train_steps.csv", _steps_csv(rows))
     models.save_checkpoint(clip, out / "model", extra={"role": "trained", "fingerprint": run_fingerprint,
                                                        "steps": total_steps, "epochs": cfg["epochs"]})
     summary = {"steps": total_steps, "epochs": cfg["epochs"], "pairs": len(pairs), "batch_size": batch_size,
+               "processes": dist.world, "global_batch_size": global_batch,
                "final_loss": float(rows[-1]["loss"]) if rows else None,
                "samples_per_second": round(trained_samples / elapsed, 2) if trained_samples else None,
                "seconds": round(elapsed, 2), "device": dev.type, "precision": "bf16" if use_bf16 else "fp32",

@@ -1,0 +1,71 @@
+"""Multi-process training (torchrun, gloo on CPU): N processes x batch B must be one process x batch N*B.
+
+The multi-GPU runners start `torchrun --nproc_per_node=N -m tasks train`; here two CPU processes
+stand in for two GPUs (same code path; NCCL instead of gloo is the only difference on GPUs).
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT, tiny_params, tool_env
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def _run(args, cwd, **env):
+    result = subprocess.run(args, cwd=cwd, env=tool_env(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **env),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"{args}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def test_two_processes_give_the_loss_and_gradients_of_one_process_with_the_whole_batch(tmp_path):
+    probe = str(ROOT / "tests" / "ddp_probe.py")
+    _run([sys.executable, probe, str(tmp_path / "one.safetensors"), "16"], ROOT)
+    _run([*TORCHRUN, probe, str(tmp_path / "two.safetensors"), "16"], ROOT)
+    one, two = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
+    assert set(one) == set(two) and len(one) > 50
+    torch.testing.assert_close(two["loss"], one["loss"], rtol=1e-5, atol=1e-6)
+    for name in one:
+        # gradients summed over ranks by DDP: equal to the single process's, not N times or 1/N of it
+        torch.testing.assert_close(two[name], one[name], rtol=1e-3, atol=1e-6, msg=name)
+
+
+def _losses(path):
+    with open(path) as f:
+        return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def test_torchrun_training_matches_single_process_training(tiny_prepared, tmp_path):
+    import yaml
+    params = tiny_params(epochs=2, warmup_steps=1)
+    params_file = tmp_path / "params.yaml"
+    single = {**params, "train": {**params["train"], "batch_size": 16}}
+    params_file.write_text(yaml.safe_dump(single))
+    _run([sys.executable, "-m", "tasks", "train", "--params", str(params_file), "--data", str(tiny_prepared),
+          "--manifest", str(tiny_prepared / "train" / "manifest.json"), "--out", str(tmp_path / "one"),
+          "--reports", str(tmp_path / "one-reports")], tmp_path)
+    per_process = {**params, "train": {**params["train"], "batch_size": 8}}
+    params_file.write_text(yaml.safe_dump(per_process))
+    result = _run([*TORCHRUN, "-m", "tasks", "train", "--params", str(params_file), "--data", str(tiny_prepared),
+                   "--manifest", str(tiny_prepared / "train" / "manifest.json"), "--out", str(tmp_path / "two"),
+                   "--reports", str(tmp_path / "two-reports")], tmp_path)
+    assert "x 2 processes" in result.stderr
+    one, two = _losses(tmp_path / "one-reports" / "train_steps.csv"), _losses(tmp_path / "two-reports" / "train_steps.csv")
+    assert len(one) == len(two) > 4
+    assert two == pytest.approx(one, rel=1e-3)
+    weights_one = load_file(tmp_path / "one" / "model" / "open_clip_model.safetensors")
+    weights_two = load_file(tmp_path / "two" / "model" / "open_clip_model.safetensors")
+    for name, value in weights_one.items():
+        torch.testing.assert_close(weights_two[name], value, rtol=1e-3, atol=1e-4, msg=name)
+    # only rank 0 wrote: one summary, recording both processes
+    import json
+    summary = json.loads((tmp_path / "two-reports" / "train_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["global_batch_size"] == 16
