@@ -23,7 +23,7 @@ AIRFLOW_HOME_DIR := $(CURDIR)/.airflow
 AIRFLOW_ENV := mkdir -p $(AIRFLOW_HOME_DIR) && AIRFLOW_HOME=$(AIRFLOW_HOME_DIR) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
   AIRFLOW__CORE__LOAD_EXAMPLES=False TRAFFICLIP_WORKSPACE=$(CURDIR) MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns.db
 
-.PHONY: venv run test metrics ui ablate clean
+.PHONY: venv run test metrics ui ablate clean compose-tool
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,8 +75,119 @@ ablate: $(STAMP)
 	@test -f models/model/open_clip_config.json || { echo "make ablate needs a trained model: make run first"; exit 1; }
 	trafficlip ablate
 
-test: $(STAMP)
+# Debian's docker-compose (v1) for tests/test_docker.py (`config -q` of docker/compose.yaml); root installs it.
+# Without its recommended docker.io: the tests need the compose file checker, not a Docker engine.
+compose-tool:
+	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose)
+
+test: $(STAMP) compose-tool chromium
 	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf data/prepared data/augmented models outputs reports metrics
+
+# Debian's Chromium for the browser test (tests/test_airflow_ui.py drives it with Playwright; Playwright's own
+# browsers are never downloaded). Installed with apt-get when missing (as root, or through sudo).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "== installing Debian's chromium for the browser test"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	} || { echo "could not install chromium (apt-get install chromium): the browser test needs it"; exit 1; }
+
+# `make up`: `airflow standalone` (UI and API, scheduler, DAG processor, triggerer; SQLite, LocalExecutor) over
+# this checkout as the workspace, and the MLflow UI over mlruns.db, in the background; `make down` stops both.
+# Airflow's home, the pids and the logs are in .airflow/; the login is admin and the password Airflow generated.
+AIRFLOW_HOST ?= 127.0.0.1
+AIRFLOW_PORT ?= 8080
+UP_HOME := $(CURDIR)/.airflow
+UP_AIRFLOW_URL := http://$(if $(filter 0.0.0.0,$(AIRFLOW_HOST)),127.0.0.1,$(AIRFLOW_HOST)):$(AIRFLOW_PORT)
+UP_MLFLOW_URL := http://127.0.0.1:$(MLFLOW_PORT)
+# every process `make up` starts carries TRAFFICLIP_MAKE_UP in its environment: `make down` finds them by it
+UP_ENV := TRAFFICLIP_MAKE_UP=$(CURDIR) AIRFLOW_HOME=$(UP_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+  AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__API__HOST=$(AIRFLOW_HOST) AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+  AIRFLOW__CORE__EXECUTION_API_SERVER_URL=$(UP_AIRFLOW_URL)/execution/ AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin \
+  TRAFFICLIP_WORKSPACE=$(CURDIR) MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns.db
+
+define UP_WAIT
+import json, os, sys, time, urllib.request
+from pathlib import Path
+home = Path(os.environ["UP_HOME"])
+services = {"Airflow": (os.environ["UP_AIRFLOW_URL"] + "/api/v2/monitor/health", "airflow", "standalone.log"),
+            "MLflow": (os.environ["UP_MLFLOW_URL"] + "/health", "mlflow", "mlflow.log")}
+password = home / "simple_auth_manager_passwords.json.generated"
+deadline = time.monotonic() + 300
+while services or not password.is_file():
+    for name, (url, pid, log) in list(services.items()):
+        try:
+            urllib.request.urlopen(url, timeout=5).close()
+            del services[name]
+            continue
+        except Exception:
+            pass
+        try:
+            os.kill(int((home / f"{pid}.pid").read_text()), 0)
+        except (OSError, ValueError):
+            sys.exit(f"{name} did not start; the end of .airflow/{log}:\n" + (home / log).read_text()[-3000:])
+    if time.monotonic() > deadline:
+        sys.exit(f"{', '.join(services) or 'the Airflow password file'} not up after 300 s: see the logs in .airflow/")
+    time.sleep(1)
+print(f"Airflow UI  {os.environ['UP_AIRFLOW_URL']}  (user admin, password {json.loads(password.read_text())['admin']})")
+print(f"MLflow UI   {os.environ['UP_MLFLOW_URL']}")
+print("logs in .airflow/ (standalone.log, mlflow.log); stop both with: make down")
+endef
+export UP_WAIT
+
+define UP_STOP
+import os, signal
+from pathlib import Path
+import psutil
+home, marker = Path(os.environ["UP_HOME"]), os.environ["UP_MARKER"]
+procs = []
+for proc in psutil.process_iter():
+    try:
+        if proc.pid != os.getpid() and proc.environ().get("TRAFFICLIP_MAKE_UP") == marker:
+            procs.append(proc)
+    except psutil.Error:
+        pass
+for name in ("airflow", "mlflow"):
+    try:
+        pid = int((home / f"{name}.pid").read_text())
+        if any(p.pid == pid for p in procs):
+            print(f"stopping {name} (pid {pid})")
+            os.killpg(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+_, alive = psutil.wait_procs(procs, timeout=30)
+for proc in alive:
+    proc.terminate()
+_, alive = psutil.wait_procs(alive, timeout=10)
+for proc in alive:
+    proc.kill()
+for name in ("airflow", "mlflow"):
+    (home / f"{name}.pid").unlink(missing_ok=True)
+print(f"stopped {len(procs)} processes" if procs else "nothing to stop")
+endef
+export UP_STOP
+
+up: $(STAMP)
+	@mkdir -p $(UP_HOME)
+	@if kill -0 "$$(cat $(UP_HOME)/airflow.pid 2>/dev/null)" 2>/dev/null; then echo "Airflow is already up"; else \
+	  echo "== Airflow metadata database and pools (.airflow/setup.log)"; \
+	  $(UP_ENV) trafficlip airflow-setup > $(UP_HOME)/setup.log 2>&1 || { cat $(UP_HOME)/setup.log; exit 1; }; \
+	  echo "== airflow standalone on $(UP_AIRFLOW_URL) (.airflow/standalone.log)"; \
+	  $(UP_ENV) setsid airflow standalone > $(UP_HOME)/standalone.log 2>&1 < /dev/null & echo $$! > $(UP_HOME)/airflow.pid; \
+	fi
+	@if kill -0 "$$(cat $(UP_HOME)/mlflow.pid 2>/dev/null)" 2>/dev/null; then echo "the MLflow UI is already up"; else \
+	  echo "== mlflow ui on $(UP_MLFLOW_URL) (.airflow/mlflow.log)"; \
+	  TRAFFICLIP_MAKE_UP=$(CURDIR) MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid mlflow ui \
+	    --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+	    > $(UP_HOME)/mlflow.log 2>&1 < /dev/null & echo $$! > $(UP_HOME)/mlflow.pid; \
+	fi
+	@echo "== waiting for both to answer"
+	@UP_HOME=$(UP_HOME) UP_AIRFLOW_URL=$(UP_AIRFLOW_URL) UP_MLFLOW_URL=$(UP_MLFLOW_URL) $(BIN)/python -c "$$UP_WAIT"
+
+down:
+	@UP_HOME=$(UP_HOME) UP_MARKER=$(CURDIR) $(BIN)/python -c "$$UP_STOP"
+
+.PHONY: chromium up down

@@ -23,7 +23,7 @@ tracks is `MLFLOW_TRACKING_URI`.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -57,7 +57,7 @@ with DAG(
     description="Fine-tune CLIP for traffic text-to-image retrieval; register and promote it in MLflow",
     doc_md=__doc__,
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 0", timezone="UTC"), assets=[RAW_DATA]),
-    start_date=datetime(2026, 1, 1),
+    # no start_date: unpausing waits for the next Sunday instead of starting a run for the last one
     catchup=False,
     max_active_runs=1,
     tags=["trafficlip", "training", "mlflow", "dvc"],
@@ -139,8 +139,9 @@ with DAG(
         return {"runner": "local", "summary": "reports/train_summary.json"}
 
     common = {"trigger_rule": NONE_FAILED, "execution_timeout": timedelta(hours=24)}
-    train_docker = runners.docker_operator(SETTINGS, orch.workspace(), task_id="train_docker", **common)
-    train_kubernetes = runners.kubernetes_operator(SETTINGS, orch.workspace(), task_id="train_kubernetes", **common)
+    train_docker = runners.docker_operator(SETTINGS, orch.workspace_path(), task_id="train_docker", **common)
+    train_kubernetes = runners.kubernetes_operator(SETTINGS, orch.workspace_path(), task_id="train_kubernetes",
+                                                   **common)
 
     @task(pool=orch.DVC_POOL, trigger_rule=NONE_FAILED)
     def record_train() -> dict:

@@ -57,8 +57,14 @@ class UserError(TrafficlipError):
     """A failure that a retry cannot fix (bad parameters or data): the DAG fails the task at once."""
 
 
+def workspace_path(path: str | Path | None = None) -> Path:
+    """Where the workspace is (TRAFFICLIP_WORKSPACE, else the project root), checked or not."""
+    return Path(path or os.environ.get("TRAFFICLIP_WORKSPACE") or PROJECT_ROOT).resolve()
+
+
 def workspace(path: str | Path | None = None) -> Path:
-    root = Path(path or os.environ.get("TRAFFICLIP_WORKSPACE") or PROJECT_ROOT).resolve()
+    """The workspace, which must hold the pipeline (dvc.yaml)."""
+    root = workspace_path(path)
     if not (root / "dvc.yaml").is_file():
         raise UserError(f"{root}: not a trafficlip workspace (no dvc.yaml); set TRAFFICLIP_WORKSPACE to a "
                         "checkout of the project")
@@ -66,10 +72,10 @@ def workspace(path: str | Path | None = None) -> Path:
 
 
 def _env() -> dict[str, str]:
-    """The environment of every command: this interpreter's bin first (dvc, trafficlip), no hub access."""
+    """The environment of every command: this interpreter's bin first (dvc, trafficlip). Hugging Face
+    hub access is the deployment's choice (HF_HUB_OFFLINE), as pretrained weights may come from it."""
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
-            "DVC_NO_ANALYTICS": "1"}
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
 
 
 def run(args: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess:
@@ -199,11 +205,13 @@ def commit(root: Path, stage: str) -> dict:
 
 def stage_argv(root: Path, stage: str) -> list[str]:
     """The CLI arguments of a DVC stage's command (`python -m tasks train ...` -> ['train', ...]): the
-    runners run exactly what `dvc repro` would."""
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    runners run exactly what `dvc repro` would. An empty workspace (not cloned yet) falls back to the
+    project's own dvc.yaml, the same pipeline, so the DAGs still load."""
+    dvc_yaml = root / "dvc.yaml" if (root / "dvc.yaml").is_file() else PROJECT_ROOT / "dvc.yaml"
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
     argv = shlex.split(stages[stage]["cmd"])
     if argv[:3] != ["python", "-m", "tasks"]:
-        raise UserError(f"{root / 'dvc.yaml'}: stages.{stage}.cmd: expected `python -m tasks {stage} ...`, "
+        raise UserError(f"{dvc_yaml}: stages.{stage}.cmd: expected `python -m tasks {stage} ...`, "
                         f"got {stages[stage]['cmd']!r}")
     return argv[3:]
 

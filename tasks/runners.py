@@ -2,13 +2,13 @@
 
 All three run the same command: the `train` stage's CLI arguments from dvc.yaml
 (`trafficlip train --data data/prepared ...`), in the workspace, so a run on a GPU node gives what
-`dvc repro train` gives here. With more than one GPU the command is started through
-`torchrun --standalone --nproc_per_node=N -m tasks train ...`.
+`dvc repro train` gives here. With more than one GPU the same program is started through
+`torchrun --standalone --nproc_per_node=N --no-python trafficlip train ...`.
 
 Deployment settings come from the environment of the process that parses the DAG (they describe
 the installation, not a run): TRAFFICLIP_TRAIN_IMAGE, TRAFFICLIP_TRAIN_GPUS, TRAFFICLIP_TRAIN_CPUS,
 TRAFFICLIP_TRAIN_MEMORY, TRAFFICLIP_TRAIN_SHM, TRAFFICLIP_DOCKER_WORKSPACE (host path or volume
-mounted at /workspace), TRAFFICLIP_K8S_NAMESPACE, TRAFFICLIP_K8S_PVC, TRAFFICLIP_K8S_MLFLOW_SECRET,
+mounted at /workspace), TRAFFICLIP_DOCKER_NETWORK (the network where the MLflow server resolves), TRAFFICLIP_K8S_NAMESPACE, TRAFFICLIP_K8S_PVC, TRAFFICLIP_K8S_MLFLOW_SECRET,
 TRAFFICLIP_K8S_GPU_NODE_SELECTOR (key=value). MLflow credentials never enter the DAG: the docker
 runner copies MLFLOW_* from the worker's environment when the task runs (private, not rendered), the
 pod reads them from a Kubernetes Secret.
@@ -20,11 +20,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.orchestration import stage_argv, workspace
+from tasks.orchestration import stage_argv, workspace_path
 
 CONTAINER_WORKSPACE = "/workspace"       # WORKDIR of docker/train.Dockerfile
-MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-              "MLFLOW_TRACKING_TOKEN", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# copied from the worker into the training container when the task runs (private: never rendered)
+PASSED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+              "MLFLOW_TRACKING_TOKEN", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+              "TRAFFICLIP_REGISTRY_LOCK", "HF_HUB_OFFLINE", "HF_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class RunnerSettings:
     memory: str = "32Gi"
     shm: str = "8g"
     docker_workspace: str = ""                 # "" -> bind-mount the workspace path itself
+    docker_network: str = ""                   # "" -> Docker's default bridge
     namespace: str = "trafficlip"
     pvc: str = "trafficlip-workspace"
     mlflow_secret: str = "trafficlip-mlflow"
@@ -60,6 +63,7 @@ class RunnerSettings:
                    memory=env.get("TRAFFICLIP_TRAIN_MEMORY", base.memory),
                    shm=env.get("TRAFFICLIP_TRAIN_SHM", base.shm),
                    docker_workspace=env.get("TRAFFICLIP_DOCKER_WORKSPACE", base.docker_workspace),
+                   docker_network=env.get("TRAFFICLIP_DOCKER_NETWORK", base.docker_network),
                    namespace=env.get("TRAFFICLIP_K8S_NAMESPACE", base.namespace),
                    pvc=env.get("TRAFFICLIP_K8S_PVC", base.pvc),
                    mlflow_secret=env.get("TRAFFICLIP_K8S_MLFLOW_SECRET", base.mlflow_secret),
@@ -68,9 +72,9 @@ class RunnerSettings:
 
 def train_command(root: Path | None = None, gpus: int = 1) -> list[str]:
     """The training command every runner runs (argv[0] is the program)."""
-    argv = stage_argv(root or workspace(), "train")
+    argv = stage_argv(root or workspace_path(), "train")
     if gpus > 1:
-        return ["torchrun", "--standalone", f"--nproc_per_node={gpus}", "-m", "tasks", *argv]
+        return ["torchrun", "--standalone", f"--nproc_per_node={gpus}", "--no-python", "trafficlip", *argv]
     return ["trafficlip", *argv]
 
 
@@ -91,7 +95,7 @@ def docker_operator(settings: RunnerSettings, root: Path, **task_kwargs):
 
         def execute(self, context):
             self._private_environment = {**self._private_environment,
-                                         **{k: os.environ[k] for k in MLFLOW_ENV if k in os.environ}}
+                                         **{k: os.environ[k] for k in PASSED_ENV if k in os.environ}}
             return super().execute(context)
 
     command = train_command(root, settings.gpus)
@@ -105,7 +109,8 @@ def docker_operator(settings: RunnerSettings, root: Path, **task_kwargs):
                       type="bind" if source.startswith("/") else "volume")],
         device_requests=[DeviceRequest(count=settings.gpus, capabilities=[["gpu"]])] if settings.gpus else None,
         shm_size=_shm_bytes(settings.shm),
-        environment={"HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"},
+        network_mode=settings.docker_network or None,
+        environment={"DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"},
         mount_tmp_dir=False,
         auto_remove="success",
         **task_kwargs,
@@ -139,8 +144,7 @@ def kubernetes_operator(settings: RunnerSettings, root: Path, **task_kwargs):
         ],
         volume_mounts=[k8s.V1VolumeMount(name="workspace", mount_path=CONTAINER_WORKSPACE),
                        k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")],
-        env_vars=[k8s.V1EnvVar(name="HF_HUB_OFFLINE", value="1"), k8s.V1EnvVar(name="DVC_NO_ANALYTICS", value="1"),
-                  k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1")],
+        env_vars=[k8s.V1EnvVar(name="DVC_NO_ANALYTICS", value="1"), k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1")],
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.mlflow_secret,
                                                                         optional=True))],
         node_selector=settings.gpu_node_selector if settings.gpus else None,

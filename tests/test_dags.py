@@ -173,20 +173,24 @@ def test_docker_runner_requests_gpus_and_mounts_the_workspace(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-in-worker-env")
     settings = runners.RunnerSettings.from_env({"TRAFFICLIP_TRAIN_IMAGE": "trafficlip-train:7", "TRAFFICLIP_TRAIN_GPUS": "2",
                                                 "TRAFFICLIP_TRAIN_SHM": "16g",
-                                                "TRAFFICLIP_DOCKER_WORKSPACE": "trafficlip-workspace"})
+                                                "TRAFFICLIP_DOCKER_WORKSPACE": "trafficlip-workspace",
+                                                "TRAFFICLIP_DOCKER_NETWORK": "trafficlip"})
     op = runners.docker_operator(settings, ROOT, task_id="train_docker")
     assert op.image == "trafficlip-train:7"
-    assert op.entrypoint == ["torchrun"] and op.command[:3] == ["--standalone", "--nproc_per_node=2", "-m"]
-    assert op.command[3:5] == ["tasks", "train"]
+    # torchrun starts the same program (the installed `trafficlip`), once per GPU
+    assert op.entrypoint == ["torchrun"]
+    assert op.command[:5] == ["--standalone", "--nproc_per_node=2", "--no-python", "trafficlip", "train"]
+    assert op.network_mode == "trafficlip"
     [request] = op.device_requests
     assert request["Count"] == 2 and request["Capabilities"] == [["gpu"]]
     [mount] = op.mounts
     assert (mount["Target"], mount["Source"], mount["Type"]) == ("/workspace", "trafficlip-workspace", "volume")
     assert op.working_dir == "/workspace" and op.shm_size == 16 * 1024 ** 3
-    assert op.environment["HF_HUB_OFFLINE"] == "1"
     assert "pw-in-worker-env" not in json.dumps(op.environment)   # added privately, only when the task runs
+    assert "MLFLOW_TRACKING_PASSWORD" in runners.PASSED_ENV
     bind = runners.docker_operator(runners.RunnerSettings(), ROOT, task_id="t")
     assert bind.mounts[0]["Type"] == "bind" and bind.mounts[0]["Source"] == str(ROOT)
+    assert bind.network_mode is None
 
 
 def test_kubernetes_runner_requests_gpus_on_a_gpu_node():
@@ -196,7 +200,8 @@ def test_kubernetes_runner_requests_gpus_on_a_gpu_node():
                                                 "TRAFFICLIP_K8S_GPU_NODE_SELECTOR": "gpu=h200"})
     pod = runners.kubernetes_operator(settings, ROOT, task_id="train_kubernetes")
     assert pod.namespace == "ml" and pod.image == runners.RunnerSettings().image
-    assert pod.cmds == ["torchrun"] and pod.arguments[:2] == ["--standalone", "--nproc_per_node=4"]
+    assert pod.cmds == ["torchrun"]
+    assert pod.arguments[:5] == ["--standalone", "--nproc_per_node=4", "--no-python", "trafficlip", "train"]
     limits = pod.container_resources.limits
     assert limits == {"cpu": "32", "memory": "128Gi", "nvidia.com/gpu": "4"}
     assert pod.container_resources.requests == limits
@@ -235,6 +240,17 @@ def test_configure_keeps_comments_validates_and_leaves_unchanged_files_alone(tmp
     with pytest.raises(Exception, match="train.epochs"):
         orch.configure(tmp_path, {"train.epochs": "many"})
     assert yaml.safe_load(path.read_text())["train"]["epochs"] == 3
+
+
+def test_the_dags_load_before_the_workspace_is_cloned(tmp_path, monkeypatch):
+    """A fresh deployment: the workspace volume is still empty; the DAGs must load all the same."""
+    monkeypatch.setenv("TRAFFICLIP_WORKSPACE", str(tmp_path / "empty"))
+    bag = _dagbag()
+    assert not bag.import_errors, bag.import_errors
+    docker = bag.dags["trafficlip_training"].get_task("train_docker")
+    assert docker.command[0] == "train" and docker.mounts[0]["Source"] == str(tmp_path / "empty")
+    with pytest.raises(orch.UserError, match="not a trafficlip workspace"):
+        orch.workspace()
 
 
 def test_unknown_data_revision_fails_as_a_user_error(workspace):

@@ -54,7 +54,8 @@ def test_torchrun_training_matches_single_process_training(tiny_prepared, tmp_pa
           "--reports", str(tmp_path / "one-reports")], tmp_path)
     per_process = {**params, "train": {**params["train"], "batch_size": 8}}
     params_file.write_text(yaml.safe_dump(per_process))
-    result = _run([*TORCHRUN, "-m", "tasks", "train", "--params", str(params_file), "--data", str(tiny_prepared),
+    # the multi-GPU runners' form: torchrun starting the installed `trafficlip` program once per process
+    result = _run([*TORCHRUN, "--no-python", "trafficlip", "train", "--params", str(params_file), "--data", str(tiny_prepared),
                    "--manifest", str(tiny_prepared / "train" / "manifest.json"), "--out", str(tmp_path / "two"),
                    "--reports", str(tmp_path / "two-reports")], tmp_path)
     assert "x 2 processes" in result.stderr
