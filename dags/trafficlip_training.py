@@ -56,8 +56,10 @@ with DAG(
     dag_id="trafficlip_training",
     description="Fine-tune CLIP for traffic text-to-image retrieval; register and promote it in MLflow",
     doc_md=__doc__,
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 0", timezone="UTC"), assets=[RAW_DATA]),
-    # no start_date: unpausing waits for the next Sunday instead of starting a run for the last one
+    # run_immediately=0: unpausing waits for the next Sunday instead of starting a run for the last one
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 0", timezone="UTC",
+                                                                run_immediately=timedelta(0)),
+                                 assets=[RAW_DATA]),
     catchup=False,
     max_active_runs=1,
     tags=["trafficlip", "training", "mlflow", "dvc"],
@@ -69,7 +71,8 @@ with DAG(
                             description="An open_clip architecture: ViT-B-16, ViT-L-14, ViT-bigG-14 ... or a config "
                                         "shipped in tasks/model_configs (TrafficCLIP-Tiny runs on a CPU).",
                             section="Model"),
-        "pretrained": Param(DEFAULTS["pretrained"], type="string", maxLength=1000,
+        # an empty field is null in the form (a Param whose type has no null is a required field)
+        "pretrained": Param(DEFAULTS["pretrained"], type=["null", "string"], maxLength=1000,
                             title="Pretrained weights",
                             description="An open_clip pretrained tag (laion2b_s39b_b160k), a .safetensors file or "
                                         "a local-dir checkpoint folder; empty starts from random weights.",
@@ -97,7 +100,7 @@ with DAG(
                             description="Paired-bootstrap probability that the gain is real.", section="Promotion"),
         "floor": Param(DEFAULTS["floor"], type="number", minimum=0, maximum=1, title="First-champion floor",
                        description="mAP@10 the first version needs to become @champion.", section="Promotion"),
-        "data_revision": Param("", type="string", maxLength=200, pattern=r"^[A-Za-z0-9._/@^~-]*$",
+        "data_revision": Param("", type=["null", "string"], maxLength=200, pattern=r"^[A-Za-z0-9._/@^~-]*$",
                                title="Data revision",
                                description="A git commit, tag or branch of the workspace whose data/raw.dvc to train "
                                            "on (fetched from the DVC remote); empty keeps the current data.",
@@ -108,7 +111,7 @@ with DAG(
     @task(pool=orch.DVC_POOL)
     def configure(params: dict | None = None) -> dict:
         root = orch.workspace()
-        data = _guard(orch.checkout_data, root, params["data_revision"])
+        data = _guard(orch.checkout_data, root, params["data_revision"] or "")
         written = _guard(orch.configure, root, orch.overrides_from_form(params))
         return {**data, "changed": written["changed"], "runner": params["runner"]}
 

@@ -119,8 +119,10 @@ def form_defaults(root: Path | None = None) -> dict:
 
 
 def overrides_from_form(form: dict) -> dict[str, object]:
-    """The params.yaml keys the form sets (fields left out are not touched)."""
-    return {PARAM_KEYS[field]: value for field, value in form.items() if field in PARAM_KEYS}
+    """The params.yaml keys the form sets (fields left out are not touched); an emptied text field
+    arrives as null and means "" (model.pretrained: random weights)."""
+    return {PARAM_KEYS[field]: "" if value is None and field == "pretrained" else value
+            for field, value in form.items() if field in PARAM_KEYS}
 
 
 def configure(root: Path, overrides: dict[str, object]) -> dict:

@@ -144,6 +144,14 @@ def test_the_form_refuses_bad_values_before_a_run(field, value, workspace, airfl
     assert (root / "params.yaml").read_text() == params_before
 
 
+def test_optional_text_fields_may_be_empty():
+    """The UI form treats a Param whose type has no null as required: the optional ones allow null."""
+    dag = _dagbag().dags["trafficlip_training"]
+    for name in ("pretrained", "data_revision"):
+        assert "null" in dag.params.get_param(name).schema["type"], name
+    assert orch.overrides_from_form({"pretrained": None, "epochs": 3}) == {"model.pretrained": "", "train.epochs": 3}
+
+
 def test_form_defaults_come_from_the_workspace_params(workspace):
     root, dags = workspace
     values = {name: param.value for name, param in dags["trafficlip_training"].params.items()}
