@@ -74,8 +74,16 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from tasks import evaluate
     metrics = evaluate.run(_params(args), args.data, args.model, args.initial, args.metrics, args.per_query,
-                           args.train_summary)
+                           args.train_summary, plots_dir=args.plots or None, report_out=args.report or None,
+                           train_steps=args.train_steps or None)
     print(metrics_table(metrics))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from tasks import report
+    _print_json(report.rebuild(_params(args), args.metrics, args.out, args.train_steps or None,
+                               args.train_summary or None, args.plots or None))
     return 0
 
 
@@ -240,7 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="metrics/eval.json")
     p.add_argument("--per-query", default="reports/eval_queries.json")
     p.add_argument("--train-summary", default="reports/train_summary.json", help=LINK_HELP)
+    p.add_argument("--plots", default="reports/plots",
+                   help="folder for the PNG plots and galleries (replaced as a whole; '' for none)")
+    p.add_argument("--report", default="reports/eval_report.html", help="the offline HTML report ('' for none)")
+    p.add_argument("--train-steps", default="reports/train_steps.csv", help="training curves drawn from this file")
     p.set_defaults(func=cmd_evaluate)
+
+    p = with_params(sub.add_parser("report", help="(re)build the evaluation's HTML report from the files on disk"))
+    p.add_argument("--metrics", default="metrics/eval.json")
+    p.add_argument("--out", default="reports/eval_report.html")
+    p.add_argument("--train-steps", default="reports/train_steps.csv", help="training curves drawn from this file")
+    p.add_argument("--train-summary", default="reports/train_summary.json",
+                   help="names the MLflow training run whose validation mAP@10 is drawn (with mlflow.enabled)")
+    p.add_argument("--plots", default="reports/plots", help="the galleries evaluate saved are in PLOTS/galleries")
+    p.set_defaults(func=cmd_report)
 
     p = with_params(sub.add_parser("predict", help="write the submission for the test split"))
     p.add_argument("--data", default="data/prepared")
