@@ -9,6 +9,14 @@ class TrafficlipError(Exception):
     """An error whose message is complete on its own: the CLI prints it and exits 2."""
 
 
+class ServiceError(TrafficlipError):
+    """A service the step needs (the MLflow server, the DVC remote) is down or failing: worth a retry.
+    The CLI exits 75 (EX_TEMPFAIL) so that an orchestrator retries it, unlike a user error (2)."""
+
+
+SERVICE_EXIT = 75
+
+
 class InputError(TrafficlipError):
     """Bad input: names the file, the line (when there is one), the field and what was expected."""
 

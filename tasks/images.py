@@ -26,6 +26,8 @@ from tasks.errors import InputError
 # A decompression bomb (a small file that decodes to gigapixels) is refused before decoding.
 MAX_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# the side an elongated image is shrunk to before padding when its padded square would exceed MAX_PIXELS
+MAX_PADDED_SIDE = 4096
 
 
 def load_image(path: str | Path | bytes, label: str = "<image bytes>") -> Image.Image:
@@ -38,6 +40,7 @@ def load_image(path: str | Path | bytes, label: str = "<image bytes>") -> Image.
     path = label if isinstance(source, io.BytesIO) else source
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)     # Pillow's notes on odd metadata ("Corrupt EXIF")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
                 if image.width * image.height > MAX_PIXELS:
@@ -49,10 +52,8 @@ def load_image(path: str | Path | bytes, label: str = "<image bytes>") -> Image.
                     rgba = image.convert("RGBA")
                     background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
                     image = Image.alpha_composite(background, rgba)
-                if image.mode == "I;16" or image.mode.startswith("I;16") or image.mode == "I":
-                    array = np.asarray(image, dtype=np.float64)
-                    peak = array.max() or 1.0
-                    image = Image.fromarray((array / peak * 255.0).astype(np.uint8), mode="L")
+                if image.mode.startswith("I"):  # 16-bit (I;16, I;16B, ...) or 32-bit integer grey
+                    image = _sixteen_bit_to_grey(image)
                 return image.convert("RGB")
     except InputError:
         raise
@@ -61,9 +62,20 @@ def load_image(path: str | Path | bytes, label: str = "<image bytes>") -> Image.
                          expected=f"at most {MAX_PIXELS} pixels") from None
     except FileNotFoundError:
         raise InputError(path, "image file not found", field="image", expected="an existing image file") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(path, f"cannot decode image: {str(exc).replace(repr(source), str(path))}", field="image",
+    except Exception as exc:  # a damaged file can make a decoder raise anything (OSError, SyntaxError, struct.error)
+        reason = str(exc).replace(repr(source), str(path)) or type(exc).__name__
+        raise InputError(path, f"cannot decode image: {reason}", field="image",
                          expected="a readable JPEG/PNG/BMP/WebP file") from None
+
+
+def _sixteen_bit_to_grey(image: Image.Image) -> Image.Image:
+    """16-bit grey to 8-bit by its full range (65535 -> 255), the same scale for every image: a dark
+    16-bit image stays dark. A 32-bit integer image ("I") is read the same way, unless all its values
+    already fit in 0..255 (an 8-bit image stored as I)."""
+    array = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16") or array.max(initial=0) > 255:
+        array = array / 257.0
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
 
 
 def pad_to_square(image: Image.Image) -> Image.Image:
@@ -77,7 +89,16 @@ def pad_to_square(image: Image.Image) -> Image.Image:
 
 
 def prepare_image(image: Image.Image, size: int) -> np.ndarray:
-    """Pad to a square with zeros, resize to size x size (bicubic); uint8 [size, size, 3]."""
+    """Pad to a square with zeros, resize to size x size (bicubic); uint8 [size, size, 3].
+
+    An image so elongated that its padded square would exceed MAX_PIXELS (a 100000 x 10 strip is
+    only a megapixel, its square 10 gigapixels) is first shrunk, aspect ratio kept, to a longer side
+    of MAX_PADDED_SIDE, so memory stays bounded; the geometry is the same up to rounding."""
+    side = max(image.width, image.height)
+    if side * side > MAX_PIXELS:
+        scale = MAX_PADDED_SIDE / side
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BICUBIC, reducing_gap=3.0)
     square = pad_to_square(image)
     if square.width != size:
         square = square.resize((size, size), Image.Resampling.BICUBIC)
@@ -115,7 +136,13 @@ class ImageCache:
 
     def _shard(self, number: int) -> torch.Tensor:
         if number not in self._loaded:
-            self._loaded[number] = load_file(self.folder / self.shards[number])["images"]
+            path = self.folder / self.shards[number]
+            try:
+                self._loaded[number] = load_file(path)["images"]
+            except Exception as exc:  # missing, truncated, or not safetensors at all (never unpickled)
+                from tasks.errors import TrafficlipError
+                raise TrafficlipError(f"{path}: not a readable image cache shard ({type(exc).__name__}: "
+                                      f"{' '.join(str(exc).split())[:200]}); rerun `trafficlip prepare`") from None
         return self._loaded[number]
 
     def __getitem__(self, indices) -> torch.Tensor:

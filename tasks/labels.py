@@ -112,6 +112,19 @@ def check_image_name(name: str, file: Path, line: int) -> None:
                          field="image", expected="a plain file name inside the split's image folder")
 
 
+def outside_root(path: Path, root: Path) -> bool:
+    """Whether ``path``, links followed, leads out of the dataset ``root``.
+
+    A link inside the dataset to a file elsewhere (``x.jpg -> /etc/shadow``) is refused like ``../``.
+    The one exception is a link into a DVC cache (``.dvc/cache/...``): what DVC's ``symlink`` cache
+    type makes of every tracked file.
+    """
+    real = path.resolve()
+    if real.is_relative_to(root.resolve()):
+        return False
+    return not any(parent.name == "cache" and parent.parent.name == ".dvc" for parent in real.parents)
+
+
 def resolve_image(images_dir: Path, name: str) -> Path | None:
     """The file for ``name`` in ``images_dir``; names may lack their extension (``090000``)."""
     candidate = images_dir / name
@@ -131,7 +144,10 @@ def read_lines(path: Path) -> Iterator[tuple[int, str | InputError]]:
 
     A UTF-8 byte-order mark and CRLF line ends are accepted.
     """
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}", expected="a readable UTF-8 text file") from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     for number, raw in enumerate(data.split(b"\n"), start=1):
@@ -174,6 +190,9 @@ def parse_line(text: str, *, file: Path, line: int, split: str, images_dir: Path
     if path is None:
         raise InputError(file, f"image {image!r} not found in {images_dir}", line=line,
                          field="image", expected="an existing image file")
+    if outside_root(path, root):
+        raise InputError(file, f"image {image!r} is a link to {path.resolve()}, outside the dataset root {root}",
+                         line=line, field="image", expected="image files inside the dataset root")
     return Record(split=split, line=line, image=image, image_path=path.relative_to(root).as_posix(),
                   category=category, attribute=attribute, key=key, text=caption, vehicle=vehicle,
                   bits=bits)
@@ -204,6 +223,9 @@ def read_split(root: str | Path, split: str) -> SplitLabels:
     result = SplitLabels(split, file)
     if not file.is_file():
         raise InputError(file, "label file not found", expected=f"{split}/{split}_label.txt under the data root")
+    if outside_root(file, root):
+        raise InputError(file, f"a link to {file.resolve()}, outside the dataset root {root}",
+                         expected="the label file inside the dataset root")
     seen: dict[str, tuple[int, str]] = {}
     for number, text in read_lines(file):
         if isinstance(text, str) and not text.strip():

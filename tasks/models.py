@@ -69,7 +69,12 @@ def _wrap(model, tokenizer, name: str, model_cfg: dict, info: dict) -> ClipModel
 def image_size_of(name: str, pretrained: str = "") -> int:
     """The input size of an architecture (or of a local-dir checkpoint) without building it."""
     if pretrained and Path(pretrained).is_dir():
-        cfg = json.loads((Path(pretrained) / CONFIG_FILE).read_text())["model_cfg"]
+        config_path = Path(pretrained) / CONFIG_FILE
+        try:
+            cfg = json.loads(config_path.read_text())["model_cfg"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TrafficlipError(f"model.pretrained: {config_path}: not an open_clip config "
+                                  f"({_one_line(exc)})") from None
     else:
         cfg = open_clip().get_model_config(name)
         if cfg is None:
@@ -93,8 +98,11 @@ def build(name: str, pretrained: str = "", seed: int = 0) -> ClipModel:
         raise TrafficlipError(f"model.pretrained: weights file {pretrained!r} not found")
     try:
         model = oc.create_model(name, pretrained=pretrained or None, weights_only=True)
-    except RuntimeError as exc:
-        raise TrafficlipError(f"model.pretrained: cannot load {pretrained!r} for {name!r}: {exc}. "
+    except Exception as exc:
+        if pretrained and Path(pretrained).is_file() or name.startswith("local-dir:"):
+            raise weights_error(f"model.pretrained: {pretrained}" if pretrained else f"model.name: {name}",
+                                exc) from None
+        raise TrafficlipError(f"model.pretrained: cannot load {pretrained!r} for {name!r}: {_one_line(exc)}. "
                               "Without network access use a local weights file or folder.") from None
     tokenizer = oc.get_tokenizer(name)
     return _wrap(model, tokenizer, name, model_cfg, {"pretrained": pretrained})
@@ -108,12 +116,36 @@ def load_checkpoint(folder: str | Path) -> ClipModel:
         raise TrafficlipError(f"{folder}: checkpoint folder not found (train a model first: `trafficlip train`)")
     if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise TrafficlipError(f"{folder}: not a checkpoint folder (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+        config["model_cfg"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TrafficlipError(f"{config_path}: not an open_clip config ({_one_line(exc)})") from None
     oc = open_clip()
-    model = oc.create_model(f"local-dir:{folder}", weights_only=True)
-    tokenizer = oc.get_tokenizer(f"local-dir:{folder}")
+    try:
+        model = oc.create_model(f"local-dir:{folder}", weights_only=True)
+        tokenizer = oc.get_tokenizer(f"local-dir:{folder}")
+    except Exception as exc:
+        raise weights_error(str(folder / WEIGHTS_FILE), exc) from None
     info = config.get("trafficlip", {})
     return _wrap(model, tokenizer, info.get("architecture", folder.name), config["model_cfg"], info)
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__
+
+
+def weights_error(what: str, exc: BaseException) -> TrafficlipError:
+    """Why weights were not loaded, as one line. A pickle that needs more than plain tensors (code to
+    run, objects to build) is refused by ``torch.load(weights_only=True)`` before anything in it runs."""
+    import pickle
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
+        return TrafficlipError(f"{what}: refused: a pickle that holds more than plain tensors (it would run code "
+                               "or build objects when loaded); only safetensors files, or torch files of plain "
+                               "tensors (weights_only=True), are loaded")
+    if type(exc).__name__ == "SafetensorError":
+        return TrafficlipError(f"{what}: not a valid safetensors file ({_one_line(exc)})")
+    return TrafficlipError(f"{what}: cannot load the weights ({type(exc).__name__}: {_one_line(exc)})")
 
 
 def save_checkpoint(clip: ClipModel, folder: str | Path, extra: dict | None = None,

@@ -78,8 +78,35 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
 
 
+def _error_line(stderr: str, returncode: int) -> str:
+    """The line that says what went wrong: DVC's first ERROR line (its last lines are advice), else
+    the last line."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    return errors[0] if errors else (lines[-1] if lines else f"exit status {returncode}")
+
+
+def _remote(cwd: Path) -> str:
+    """The default DVC remote as `name (url)`, any credentials left out, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+    try:
+        name = subprocess.run(["dvc", "remote", "default"], cwd=cwd, env=_env(), capture_output=True,
+                              text=True, timeout=60).stdout.strip()
+        listing = subprocess.run(["dvc", "remote", "list"], cwd=cwd, env=_env(), capture_output=True, text=True,
+                                 timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "the DVC remote"
+    urls = dict(line.split(None, 1) for line in listing.splitlines() if len(line.split(None, 1)) == 2)
+    url = urls.get(name, "").strip()
+    parts = urlsplit(url)
+    if parts.password or parts.username:
+        url = urlunsplit((parts.scheme, parts.hostname or "", parts.path, parts.query, parts.fragment))
+    return f"DVC remote {name!r} ({url})" if name else "the DVC remote (none is set as default)"
+
+
 def run(args: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess:
-    """Run a command, echo its output (the task log), raise on failure; exit status 2 is a user error."""
+    """Run a command, echo its output (the task log), raise on failure: exit status 2 is a user error
+    (no retry), anything else (75: a service is down) a TrafficlipError the DAG retries."""
     print("$", shlex.join(args), flush=True)
     result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
     if result.stdout:
@@ -87,10 +114,11 @@ def run(args: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess:
     if result.stderr:
         print(result.stderr, end="" if result.stderr.endswith("\n") else "\n", file=sys.stderr, flush=True)
     if result.returncode != 0:
-        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-        last = lines[-1] if lines else f"exit status {result.returncode}"
+        line = _error_line(result.stderr, result.returncode)
+        if args[0] == "dvc" and args[1:2] and args[1] in ("push", "pull", "fetch"):
+            line = f"{_remote(cwd)}: {line}"
         error = UserError if result.returncode == 2 else TrafficlipError
-        raise error(f"{what} failed (exit status {result.returncode}): {last}")
+        raise error(f"{what} failed (exit status {result.returncode}): {line}")
     return result
 
 
@@ -168,6 +196,15 @@ def checkout_data(root: Path, revision: str) -> dict:
         except TrafficlipError:
             run(["dvc", "pull", "--quiet", RAW_DATA_DVC], root, f"dvc pull of data revision {revision}")
     return {"revision": revision or "current", "data_md5": data_md5(root)}
+
+
+def _committed_md5(root: Path) -> str | None:
+    shown = subprocess.run(["git", "show", f"HEAD:{RAW_DATA_DVC}"], cwd=root, env=_env(), capture_output=True,
+                           text=True)
+    if shown.returncode != 0:
+        return None
+    outs = (yaml.safe_load(shown.stdout) or {}).get("outs") or [{}]
+    return outs[0].get("md5")
 
 
 def data_md5(root: Path) -> str | None:
@@ -268,7 +305,9 @@ def ingest(root: Path, source: str | Path, on_error: str = "fail") -> dict:
         report = validate_mod.run(source, on_error, None)
     except TrafficlipError as exc:
         raise UserError(str(exc)) from None
-    before = data_md5(root)
+    # what the repository has committed, not the working copy: a retry after a failed push or commit
+    # (data/raw.dvc already updated) must still push and commit
+    before = _committed_md5(root) if (root / ".git").exists() else data_md5(root)
     target = root / RAW_DATA
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".raw-incoming-", dir=target.parent))

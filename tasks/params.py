@@ -136,8 +136,11 @@ def _type_name(kind) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _line_map(text: str) -> dict[tuple[str, ...], int]:
-    """(section, key) -> 1-based line in the YAML text, from the composed node tree."""
+def _line_map(text: str, file: str | Path | None = None) -> dict[tuple[str, ...], int]:
+    """(section, key) -> 1-based line in the YAML text, from the composed node tree.
+
+    With ``file``, a key given twice in one mapping is an InputError (YAML keeps the last one
+    silently, so the first would be ignored without a word)."""
     lines: dict[tuple[str, ...], int] = {}
     try:
         node = yaml.compose(text)
@@ -148,15 +151,27 @@ def _line_map(text: str) -> dict[tuple[str, ...], int]:
         if isinstance(n, yaml.MappingNode):
             for key_node, value_node in n.value:
                 p = path + (str(key_node.value),)
-                lines[p] = key_node.start_mark.line + 1
+                line = key_node.start_mark.line + 1
+                if file is not None and p in lines:
+                    raise InputError(file, f"'{'.'.join(p)}' is given twice (lines {lines[p]} and {line})",
+                                     line=line, field=".".join(p), expected="each key once")
+                lines[p] = line
                 walk(value_node, p)
     walk(node, ())
     return lines
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def validate(raw: Any, file: str | Path = "params.yaml", text: str | None = None) -> dict:
     """Check a parsed params mapping against SCHEMA; return it with defaults filled in."""
-    lines = _line_map(text) if text is not None else {}
+    lines = _line_map(text, file) if text is not None else {}
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -180,7 +195,10 @@ def validate(raw: Any, file: str | Path = "params.yaml", text: str | None = None
                                  expected="one of " + ", ".join(f"{section}.{k}" for k in SCHEMA[section]))
             kinds = key.kind if isinstance(key.kind, tuple) else (key.kind,)
             if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-                raise InputError(file, f"{value!r} has the wrong type", line=where, field=dotted,
+                hint = ""
+                if isinstance(value, str) and float in kinds and _is_number(value):
+                    hint = f"; YAML reads {value} as text: write it with a dot, e.g. {float(value)!r}"
+                raise InputError(file, f"{value!r} has the wrong type{hint}", line=where, field=dotted,
                                  expected=key.expected or _type_name(key.kind))
             if key.check is not None and not key.check(value):
                 raise InputError(file, f"{value!r} is out of range", line=where, field=dotted,

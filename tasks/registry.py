@@ -243,7 +243,9 @@ def register(params: dict, train_summary: str | Path, metrics_path: str | Path, 
     with registry_lock(name):
         version, created = _find_or_create(client, name, run_id, model_id, tags)
         if not created:  # a new evaluation of the same model: refresh its metrics, keep its status
-            _set_version_tags(client, name, version, {k: v for k, v in tags.items() if k != STATUS})
+            current = client.get_model_version(name, str(version)).tags
+            _set_version_tags(client, name, version, {k: v for k, v in tags.items()
+                                                      if k != STATUS and current.get(k) != str(v)})
     result = {"registered_model": name, "version": version, "model_uri": f"models:/{name}/{version}",
               RUN_KEY: run_id, "map_at_10": metrics["overall"]["map_at_10"],
               "validation_fingerprint": metrics.get("validation_fingerprint"), "evaluation": evaluation}
@@ -345,23 +347,33 @@ def _decide(client, name: str, version: int, params: dict, data: Path | None) ->
 
 
 def _apply(client, name: str, decision: dict) -> None:
-    """Tags first, the alias last: a crash in between leaves a state the next run completes."""
+    """Tags first, the alias last: a crash in between leaves a state the next run completes.
+
+    Idempotent: a decision the version's tags already record (a retried or cleared task deciding
+    again, against the same champion) rewrites nothing, and an alias already in place is not set
+    again, so a second run leaves the registry exactly as the first left it.
+    """
     version = decision["version"]
     if decision["decision"] in ("already_champion", "rolled_back"):  # nothing changes
         return
     numbers = {f"promotion_{key}": decision[key] for key in ("reason", "gain", "probability", "candidate_map",
                                                              "champion_map") if key in decision}
-    _set_version_tags(client, name, version, {
-        STATUS: "passed" if decision["promote"] else "rejected", "promotion_decision": decision["decision"],
-        "promotion_against": decision["champion_before"] or "none", "promotion_at": _now(), **numbers})
+    tags = {STATUS: "passed" if decision["promote"] else "rejected", "promotion_decision": decision["decision"],
+            "promotion_against": decision["champion_before"] or "none", **numbers}
+    recorded = client.get_model_version(name, str(version)).tags
+    if any(recorded.get(key) != str(value) for key, value in tags.items()):
+        _set_version_tags(client, name, version, {**tags, "promotion_at": _now()})
+    aliases = _aliases(client, name)
     if not decision["promote"]:
-        client.set_registered_model_alias(name, CHALLENGER, str(version))
+        if aliases.get(CHALLENGER) != version:
+            client.set_registered_model_alias(name, CHALLENGER, str(version))
         return
     history = _history(client, name)
     if history[-1:] != [version]:
         _set_history(client, name, history + [version])
-    client.set_registered_model_alias(name, CHAMPION, str(version))
-    if _aliases(client, name).get(CHALLENGER) == version:
+    if aliases.get(CHAMPION) != version:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+    if aliases.get(CHALLENGER) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
 
 

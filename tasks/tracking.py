@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from tasks import log
-from tasks.errors import TrafficlipError
+from tasks.errors import ServiceError, TrafficlipError
 
 DEFAULT_DB = "mlruns.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -66,18 +67,54 @@ def shown_uri(uri: str) -> str:
                        parts.query, parts.fragment))
 
 
+def _tries() -> str:
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", CLIENT_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    try:
+        return f"on each of {int(retries) + 1} tries, with exponential backoff"
+    except ValueError:
+        return "on every try"
+
+
+def _summary(text: str) -> str | None:
+    """What an HTTP failure of the MLflow client comes to, in a few words (None: not one of these)."""
+    if "API request to" not in text and "Max retries exceeded" not in text:
+        return None
+    endpoint = re.search(r"/api/[0-9.]+/mlflow/[\w/-]+", text)
+    where = f" from {endpoint.group(0)}" if endpoint else ""
+    status = re.search(r"too many (\d{3}) error responses", text)
+    if status:
+        return f"HTTP {status.group(1)}{where} {_tries()}"
+    status = re.search(r"error code (\d{3}) != 200", text)
+    if status:
+        body = re.search(r"Response body: '?(.{1,120})", text)
+        return f"HTTP {status.group(1)}{where}" + (f": {body.group(1).rstrip(chr(39))}" if body else "")
+    for pattern, words in ((r"Connection refused", "connection refused"),
+                           (r"Name or service not known|nodename nor servname|Temporary failure in name resolution|"
+                            r"No address associated", "host name not found"),
+                           (r"timed out|Timeout", "no answer within MLFLOW_HTTP_REQUEST_TIMEOUT"),
+                           (r"Connection reset|RemoteDisconnected|Connection aborted", "connection dropped")):
+        if re.search(pattern, text):
+            return f"{words}{where.replace(' from ', ' at ')} {_tries()}"
+    return None
+
+
 def error_text(exc: Exception, limit: int = 300) -> str:
-    """An MLflow exception as one short line, with any password in the tracking URI left out."""
+    """An MLflow exception as one short line, with any password in the tracking URI left out; an HTTP
+    failure after the client's retries is summed up ("HTTP 500 from /api/... on each of 4 tries, ...")."""
     uri = tracking_uri()
-    return " ".join(str(exc).split()).replace(uri, shown_uri(uri))[:limit]
+    text = " ".join(str(exc).split()).replace(uri, shown_uri(uri))
+    return _summary(text) or text[:limit]
 
 
 def _unreachable(uri: str, exc: Exception) -> TrafficlipError:
     reason = error_text(exc, 200)
-    if any(code in reason for code in ("401", "403", "Unauthorized", "Permission denied")):
+    if any(code in reason for code in ("HTTP 401", "HTTP 403", "Unauthorized", "Permission denied")):
         return TrafficlipError(f"MLflow at {shown_uri(uri)} refused the credentials ({reason}); "
                                "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
-    return TrafficlipError(f"MLflow at {shown_uri(uri)} is unreachable ({reason}); start the server, "
+    if reason.startswith("HTTP 5"):
+        return ServiceError(f"MLflow at {shown_uri(uri)} is failing ({reason}); check the server and its "
+                               "log, or set mlflow.enabled: false")
+    return ServiceError(f"MLflow at {shown_uri(uri)} is unreachable ({reason}); start the server, "
                            "fix MLFLOW_TRACKING_URI, or set mlflow.enabled: false")
 
 

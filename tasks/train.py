@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
 from tasks import log, models, tracking
-from tasks.atomic import read_json, write_json, write_text
+from tasks.atomic import read_json, remove_stale_temporaries, write_json, write_text
 from tasks.errors import TrafficlipError
 from tasks.images import ImageCache, to_model_input
 from tasks.prepare import MANIFEST
@@ -171,18 +171,28 @@ class Checkpoints:
     def last(self) -> dict | None:
         if not self.pointer.is_file():
             return None
-        state = json.loads(self.pointer.read_text())
+        state = read_json(self.pointer)
+        if not isinstance(state, dict) or not {"folder", "step"} <= set(state):
+            raise TrafficlipError(f"{self.pointer}: not a checkpoint pointer; delete {self.folder} to train afresh")
         if not (self.folder / state["folder"] / models.WEIGHTS_FILE).is_file():
             return None
         return state
 
     def save(self, clip, optimizer, state: dict, steps_csv: str) -> None:
+        """Write a checkpoint folder (atomically), then the pointer, then remove older ones: a crash or a
+        full disk at any point leaves the previous checkpoint complete and pointed to."""
         name = f"step_{state['step']:07d}"
         optimizer_bytes = save_safetensors(_optimizer_tensors(optimizer))
-        models.save_checkpoint(clip, self.folder / name, extra={"trainer_state": state},
-                               files={"optimizer.safetensors": optimizer_bytes,
-                                      "train_steps.csv": steps_csv.encode()})
-        write_json(self.pointer, {**state, "folder": name})
+        try:
+            models.save_checkpoint(clip, self.folder / name, extra={"trainer_state": state},
+                                   files={"optimizer.safetensors": optimizer_bytes,
+                                          "train_steps.csv": steps_csv.encode()})
+            write_json(self.pointer, {**state, "folder": name})
+        except TrafficlipError as exc:
+            last = self.last()
+            kept = (f"the last complete checkpoint, {self.folder / last['folder']} (step {last['step']}), is intact: "
+                    "rerun to resume from it once this is fixed" if last else "there is no earlier checkpoint")
+            raise TrafficlipError(f"checkpoint at step {state['step']} not saved: {exc}; {kept}") from None
         for old in self.folder.glob("step_*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -293,13 +303,21 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
     if dist.world > 1:
         run_fingerprint += f"-x{dist.world}"
     step, rows = 0, []
+    if dist.main:  # what a run killed mid-write left (one writer here: this run)
+        remove_stale_temporaries(out, "*")
+        remove_stale_temporaries(checkpoints.folder, "step_*")
     last = checkpoints.last()
     if last and last.get("fingerprint") == run_fingerprint and last["step"] <= total_steps:
         folder = checkpoints.folder / last["folder"]
-        resumed = models.load_checkpoint(folder)
-        clip.model.load_state_dict(resumed.model.state_dict())
-        _load_optimizer_tensors(optimizer, load_file(folder / "optimizer.safetensors"))
-        rows = list(csv.DictReader(io.StringIO((folder / "train_steps.csv").read_text())))
+        try:
+            resumed = models.load_checkpoint(folder)
+            clip.model.load_state_dict(resumed.model.state_dict())
+            _load_optimizer_tensors(optimizer, load_file(folder / "optimizer.safetensors"))
+            rows = list(csv.DictReader(io.StringIO((folder / "train_steps.csv").read_text())))
+        except Exception as exc:
+            raise TrafficlipError(f"{folder}: the last checkpoint cannot be resumed ({type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())[:200]}); delete {checkpoints.folder} to train "
+                                  "afresh") from None
         step = last["step"]
         logger.info("resuming from %s (step %d of %d)", folder, step, total_steps)
     elif last:

@@ -110,6 +110,9 @@ def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejec
     if not text_file.exists() and not image_dir.exists():
         summary.update(present=False)
         return result, summary
+    if text_file.exists() and labels.outside_root(text_file, root):
+        raise InputError(text_file, f"a link to {text_file.resolve()}, outside the dataset root {root}",
+                         expected="the query file inside the dataset root")
     queries, errors = labels.read_queries(text_file, vocabulary)
     for error in errors:
         rejected.append({"split": "test", "kind": "query", **error.as_dict()})
@@ -124,6 +127,9 @@ def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejec
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             error = InputError(path, "not an image file name", field="image",
                                expected="one of " + " ".join(IMAGE_EXTENSIONS)).as_dict()
+        elif labels.outside_root(path, root):
+            error = InputError(path, f"a link to {path.resolve()}, outside the dataset root {root}", field="image",
+                               expected="image files inside the dataset root").as_dict()
         else:
             try:
                 array, original_size = _decode(root, relative, image_size)
