@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.errors import TrafficlipError
+from tasks.errors import SERVICE_EXIT, ServiceError, TrafficlipError
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -127,6 +127,28 @@ def cmd_ablate(args) -> int:
 def cmd_retrieve(args) -> int:
     from tasks import batch
     _print_json(batch.run(_params(args), args.gallery, args.queries, args.out, args.model))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from tasks import searcher
+    result = searcher.run(_params(args), args.query, args.gallery, args.top, args.sheet, args.model)
+    if args.json:
+        _print_json(result)
+        return 0
+    version = f" (version {result['version']})" if "version" in result else ""
+    print(f"{result['query']!r}: top {len(result['results'])} of {result['images']} images in {result['gallery']}, "
+          f"{result['model']}{version}, gallery embeddings {result['embeddings']}")
+    for hit in result["results"]:
+        print(f"{hit['rank']:>4}  {hit['score']:.4f}  {hit['image']}")
+    if result.get("contact_sheet"):
+        print(f"contact sheet: {result['contact_sheet']}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from tasks import serve
+    serve.run(_params(args), args.gallery, args.model, args.host, args.port)
     return 0
 
 
@@ -308,6 +330,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(default: models:/<mlflow.registered_model>@champion)")
     p.set_defaults(func=cmd_retrieve)
 
+    p = with_params(sub.add_parser("search", help="rank a folder of images for one text with the champion model"))
+    p.add_argument("query", help='the text, e.g. "a red SUV"')
+    p.add_argument("--gallery", required=True, help="folder of images")
+    p.add_argument("--top", type=int, default=10, help="how many images (1-100)")
+    p.add_argument("--sheet", default="outputs/search.png", help="contact sheet PNG ('' for none)")
+    p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder "
+                                   "(default: models:/<mlflow.registered_model>@champion)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_search)
+
+    p = with_params(sub.add_parser("serve", help="serve the search over HTTP, with a page at /"))
+    p.add_argument("--gallery", required=True, help="folder of images")
+    p.add_argument("--model", help="default: models:/<mlflow.registered_model>@champion")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("ingest", help="make a dataset folder the workspace's DVC-tracked data/raw")
     p.add_argument("--source", required=True, help="a dataset in the challenge's format")
     p.add_argument("--workspace", help="default: TRAFFICLIP_WORKSPACE or the project root")
@@ -342,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ServiceError as exc:
+        print(f"trafficlip {args.command}: error: {exc}", file=sys.stderr)
+        return SERVICE_EXIT
     except TrafficlipError as exc:
         print(f"trafficlip {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -351,9 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if _is_mlflow_error(exc):
             from tasks.tracking import error_text, shown_uri, tracking_uri
-            print(f"trafficlip {args.command}: error: MLflow at {shown_uri(tracking_uri())}: {error_text(exc)}",
+            text = error_text(exc)
+            print(f"trafficlip {args.command}: error: MLflow at {shown_uri(tracking_uri())}: {text}",
                   file=sys.stderr)
-            return 2
+            # a failing or unreachable server is worth a retry; a refused request is not
+            transient = text.startswith(("HTTP 5", "connection", "no answer", "host name"))
+            return SERVICE_EXIT if transient else 2
         # a bug: say so plainly, keep the traceback for those who ask
         if os.environ.get("TRAFFICLIP_DEBUG"):
             traceback.print_exc()
