@@ -191,3 +191,11 @@ down:
 	@UP_HOME=$(UP_HOME) UP_MARKER=$(CURDIR) $(BIN)/python -c "$$UP_STOP"
 
 .PHONY: chromium up down
+
+# `make bench`: every benchmarks/*.py (ours against the reference approaches, interleaved in one process,
+# same inputs, answers checked) -> benchmarks/results.md. About 8 minutes on 2 quiet cores: run it when
+# nothing else is busy. The augmentation benchmark needs `make run`'s trained model (skipped otherwise).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --out benchmarks/results.md
+
+.PHONY: bench

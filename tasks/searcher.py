@@ -55,23 +55,14 @@ class Searcher:
             key = batch.gallery_key(checkpoint, files, self.clip.image_size, flipped) if folder is not None else None
         self.clip.model.to(models.device())
         entry_path = folder / f"{key}.safetensors" if folder is not None else None
-        entry = batch.load_entry(entry_path, flipped, self.logger) if entry_path is not None else None
-        self.cached = entry is not None
-        if entry is None:
-            arrays, sizes, names, unreadable = batch.decode_gallery(self.gallery, files, self.clip.image_size)
-            if not names:
-                raise InputError(self.gallery, "no readable image", expected="at least one image")
-            images = torch.from_numpy(np.stack(arrays))
-            del arrays
-            gallery_emb = models.encode_images(self.clip, images, self.batch_size)
-            flipped_emb = models.encode_images(self.clip, images, self.batch_size, flip=True) if flipped else None
-            entry = {"gallery": gallery_emb, "gallery_flipped": flipped_emb, "sizes": [tuple(s) for s in sizes],
-                     "names": names, "unreadable": batch._portable(unreadable, self.gallery)}
-            if entry_path is not None:
-                batch.store_entry(entry_path, entry, self.model_info, self.logger)
+        entry, cache, _ = batch.embed_gallery(self.clip, self.gallery, files, entry_path, flipped, self.batch_size,
+                                              self.model_info, self.logger)
+        self.cached = cache["hit"]
+        if not entry["names"]:
+            raise InputError(self.gallery, "no readable image", expected="at least one image")
         self.names: list[str] = entry["names"]
         self.sizes = entry["sizes"]
-        self.unreadable = batch._localised(entry["unreadable"], self.gallery)
+        self.unreadable = entry["unreadable"]
         self.gallery_emb = entry["gallery"]
         self.gallery_flipped = entry["gallery_flipped"]
         self.gallery_codes = None

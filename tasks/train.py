@@ -331,7 +331,7 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
                 clip.name, len(pairs), cfg["epochs"], steps_per_epoch, batch_size,
                 f" x {dist.world} processes" if dist.world > 1 else "", cfg["lr"], "bf16" if use_bf16 else "fp32", dev)
     clip.model.train()
-    started, trained_samples = time.monotonic(), 0
+    started, trained_samples, checkpoint_seconds = time.monotonic(), 0, 0.0
     if step == 0 and dist.main:
         tracker.validate(clip, 0)  # the starting point of the validation curves
     every = cfg["checkpoint_every_steps"]
@@ -364,7 +364,9 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
         done = step + 1
         if dist.main and (done % steps_per_epoch == 0 or (every and done % every == 0) or done == total_steps):
             state = {"step": done, "epoch": done / steps_per_epoch, "fingerprint": run_fingerprint}
+            saving = time.monotonic()
             checkpoints.save(clip, optimizer, state, _steps_csv(rows))
+            checkpoint_seconds += time.monotonic() - saving
         if dist.main and done % steps_per_epoch == 0:
             tracker.epoch_end(rows, done, done // steps_per_epoch, clip)
         if stop_after_steps is not None and done >= stop_after_steps and done < total_steps:
@@ -372,7 +374,8 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
             tracker.interrupted(done)
             return {"interrupted_at": done}
 
-    elapsed = time.monotonic() - started - tracker.seconds  # training speed without the validation passes
+    # training speed: the steps alone, without the validation passes and the checkpoint writes
+    elapsed = time.monotonic() - started - tracker.seconds - checkpoint_seconds
     if not dist.main:
         return {"rank": dist.rank, "world_size": dist.world, "steps": total_steps}
     write_text(reports / "train_steps.csv", _steps_csv(rows))
@@ -382,7 +385,7 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
                "processes": dist.world, "global_batch_size": global_batch,
                "final_loss": float(rows[-1]["loss"]) if rows else None,
                "samples_per_second": round(trained_samples / elapsed, 2) if trained_samples else None,
-               "seconds": round(elapsed, 2), "device": dev.type, "precision": "bf16" if use_bf16 else "fp32",
+               "seconds": round(elapsed, 2), "checkpoint_seconds": round(checkpoint_seconds, 2), "device": dev.type, "precision": "bf16" if use_bf16 else "fp32",
                "fingerprint": run_fingerprint}
     summary.update(tracker.finish(rows, summary, out / "model"))
     write_json(reports / "train_summary.json", summary)

@@ -19,6 +19,8 @@ os.environ["DVC_NO_ANALYTICS"] = "1"
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="trafficlip-airflow-home-")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
+# the gallery embedding cache (tasks/batch.py) of the tests: never the user's ~/.cache
+os.environ["TRAFFICLIP_EMBEDDING_CACHE"] = tempfile.mkdtemp(prefix="trafficlip-embeddings-")
 
 from tasks import params as params_mod  # noqa: E402
 from tasks import prepare, synth  # noqa: E402

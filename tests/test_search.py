@@ -88,3 +88,115 @@ def test_normalise_gives_unit_rows_and_keeps_zero_rows():
     y = normalise(x)
     assert y.dtype == torch.float32
     assert torch.allclose(y, torch.tensor([[0.6, 0.8], [0.0, 0.0]]))
+
+
+# --- the grouped selection, block hooks, the oneDNN product and the FAISS backend ------------------------
+
+@pytest.mark.parametrize("k", [1, 10, 25])
+@pytest.mark.parametrize("chunks", [(7, 1000), (1024, 4096), (64, 100), (1024, 8192)])
+def test_wide_galleries_with_exact_ties_match_brute_force(k, chunks):
+    """Galleries wide enough for the grouped selection (first and later blocks, a partial group at a
+    block's end), with plentiful exact ties (quarter vectors) and duplicates in different groups and
+    blocks."""
+    g = torch.Generator().manual_seed(4)
+    queries, gallery = quarter_vectors(40, 16, g), quarter_vectors(9000, 16, g)
+    for copy in (64, 700, 4100, 8999):
+        gallery[copy] = gallery[5]
+    values, indices = top_k(queries, gallery, k, query_chunk=chunks[0], gallery_chunk=chunks[1])
+    want_values, want_indices = brute_force(queries, gallery, k)
+    np.testing.assert_array_equal(indices.numpy(), want_indices)
+    np.testing.assert_array_equal(values.numpy(), want_values.astype(np.float32))
+
+
+def test_a_gallery_in_ascending_score_order_matches_brute_force():
+    """The worst case for the running threshold: every later item beats the running top-k, so the
+    block's own bound (its k-th largest group maximum) has to dismiss the groups."""
+    g = torch.Generator().manual_seed(5)
+    query = normalise(torch.randn(1, 32, generator=g))
+    gallery = normalise(torch.randn(9000, 32, generator=g))
+    gallery = gallery[torch.argsort(gallery @ query[0])]
+    queries = torch.cat([query, query, query, normalise(torch.randn(3, 32, generator=g))])
+    _, indices = top_k(queries, gallery, 10, gallery_chunk=4096)
+    np.testing.assert_array_equal(indices.numpy(), brute_force(queries, gallery, 10)[1])
+    assert indices[0].tolist() == list(range(8999, 8989, -1))
+
+
+def test_adjust_and_on_block_see_every_block_with_the_bits_of_iter_blocks():
+    from tasks.search import iter_blocks
+    g = torch.Generator().manual_seed(6)
+    queries, gallery = normalise(torch.randn(50, 32, generator=g)), normalise(torch.randn(5000, 32, generator=g))
+    penalty = torch.zeros(5000)
+    penalty[::3] = 4.0
+
+    def adjust(q, gal, scores):
+        return scores - penalty[gal]
+    seen = []
+    values, indices = top_k(queries, gallery, 10, query_chunk=16, gallery_chunk=1000, adjust=adjust,
+                            on_block=lambda q, gal, s: seen.append((q.start, gal.start, s.clone())))
+    walked = [(q.start, gal.start, s) for q, gal, s in iter_blocks(queries, gallery, query_chunk=16,
+                                                                  gallery_chunk=1000, adjust=adjust)]
+    assert [(a, b) for a, b, _ in seen] == [(a, b) for a, b, _ in walked] and len(seen) == 4 * 5
+    assert all(torch.equal(s, w) for (_, _, s), (_, _, w) in zip(seen, walked))
+    full = torch.cat([torch.cat([s for a, _, s in walked if a == start], dim=1) for start in (0, 16, 32, 48)])
+    want = np.stack([np.lexsort((np.arange(5000), -row))[:10] for row in full.numpy()])
+    np.testing.assert_array_equal(indices.numpy(), want)
+    assert (indices % 3 != 0).all()
+
+
+def test_the_plain_torch_product_gives_the_same_ranking(monkeypatch):
+    from tasks import search
+    g = torch.Generator().manual_seed(7)
+    queries, gallery = normalise(torch.randn(30, 64, generator=g)), normalise(torch.randn(2000, 64, generator=g))
+    default = top_k(queries, gallery, 10)
+    monkeypatch.setenv("TRAFFICLIP_SEARCH_MATMUL", "mm")
+    monkeypatch.setattr(search, "_onednn_checked", None)
+    assert search._onednn() is False
+    plain = top_k(queries, gallery, 10)
+    monkeypatch.undo()
+    search._onednn_checked = None
+    assert torch.equal(default[1], plain[1])
+    torch.testing.assert_close(default[0], plain[0], rtol=0, atol=1e-5)
+
+
+def _faiss_or_skip():
+    return pytest.importorskip("faiss", reason="faiss-cpu is a dev dependency (pyproject.toml)")
+
+
+@pytest.mark.parametrize("k", [1, 10, 15, 200])
+def test_faiss_backend_equals_torch_with_exact_ties(k):
+    _faiss_or_skip()
+    g = torch.Generator().manual_seed(8)
+    queries, gallery = quarter_vectors(60, 16, g), quarter_vectors(150, 16, g)
+    gallery[100] = gallery[3]
+    via_faiss = top_k(queries, gallery, k, backend="faiss")
+    via_torch = top_k(queries, gallery, k, backend="torch")
+    assert via_faiss[1].dtype == torch.int64 and via_faiss[0].dtype == torch.float32
+    assert via_faiss[1].shape == (60, min(k, 150))
+    assert torch.equal(via_faiss[1], via_torch[1])
+    assert torch.equal(via_faiss[0], via_torch[0])
+
+
+def test_faiss_backend_equals_torch_on_normalised_embeddings():
+    _faiss_or_skip()
+    g = torch.Generator().manual_seed(9)
+    queries, gallery = normalise(torch.randn(300, 128, generator=g)), normalise(torch.randn(5000, 128, generator=g))
+    via_faiss = top_k(queries, gallery, 10, backend="faiss")
+    via_torch = top_k(queries, gallery, 10, backend="torch")
+    np.testing.assert_array_equal(via_faiss[1].numpy(), brute_force(queries, gallery, 10)[1])
+    assert torch.equal(via_faiss[1], via_torch[1])
+    torch.testing.assert_close(via_faiss[0], via_torch[0], rtol=0, atol=1e-5)
+    empty = top_k(queries[:0], gallery, 10, backend="faiss")
+    assert empty[0].shape == (0, 10)
+
+
+def test_backend_choice_and_its_errors(monkeypatch):
+    from tasks import search
+    queries, gallery = torch.randn(3, 8), torch.randn(20, 8)
+    with pytest.raises(TrafficlipError, match="unknown backend 'gpu'"):
+        top_k(queries, gallery, 2, backend="gpu")
+    with pytest.raises(TrafficlipError, match="cannot run on_block or adjust"):
+        top_k(queries, gallery, 2, backend="faiss", adjust=lambda q, g, s: s)
+    assert search.choose_backend("auto", hooks=False) == "torch"
+    monkeypatch.setattr(search, "_faiss", lambda: None)
+    with pytest.raises(TrafficlipError, match="needs the faiss-cpu package"):
+        top_k(queries, gallery, 2, backend="faiss")
