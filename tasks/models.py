@@ -20,6 +20,8 @@ from tasks.atomic import atomic_dir
 from tasks.errors import TrafficlipError
 from tasks.images import to_model_input
 
+PROGRESS_MIN_BATCHES = 8      # image batches from which embedding shows its progress
+
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -197,7 +199,14 @@ def encode_images(clip: ClipModel, images, batch_size: int = 256, count: int | N
     dev = next(clip.model.parameters()).device
     total = len(images) if count is None else count
     chunks = []
-    for start in range(0, total, batch_size):
+    starts = range(0, total, batch_size)
+    if len(starts) >= PROGRESS_MIN_BATCHES:   # a long pass: a bar on a terminal, periodic lines in logs
+        import logging
+
+        from tasks import log
+        starts = log.progress(starts, len(starts), "embed images" + (" (mirrored)" if flip else ""),
+                              logging.getLogger("trafficlip.embed"))
+    for start in starts:
         batch = images[list(range(start, min(start + batch_size, total)))] if not torch.is_tensor(images) \
             else images[start:start + batch_size]
         x = to_model_input(batch, clip.mean, clip.std)
