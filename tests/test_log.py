@@ -33,6 +33,7 @@ def test_without_a_terminal_progress_is_periodic_lines_with_step_and_run_id():
 
 def test_on_a_terminal_progress_is_a_bar():
     primary, secondary = pty.openpty()
+    # (the environment is set explicitly: dag.test() runs earlier in the session leave AIRFLOW_CTX_* behind)
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # a 100-column terminal
     try:
         proc = subprocess.Popen([sys.executable, "-c", SCRIPT], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -64,6 +65,6 @@ images = torch.zeros((16, clip.image_size, clip.image_size, 3), dtype=torch.uint
 models.encode_images(clip, images, batch_size=2)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=tool_env(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"))
+                            env=tool_env(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", AIRFLOW_CTX_DAG_RUN_ID="run-embed"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "[evaluate run=-] embed images: 8/8" in result.stderr
+    assert "[evaluate run=run-embed] embed images: 8/8" in result.stderr
