@@ -38,11 +38,11 @@ def _free_port() -> int:
 
 
 def _postgres():
-    psycopg = pytest.importorskip("psycopg")
+    import psycopg  # a dev dependency (pyproject)
     try:
         return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not running at {PG_HOST}:{PG_PORT}: {exc}")
+        pytest.fail(f"PostgreSQL is not running at {PG_HOST}:{PG_PORT}: {exc}")
 
 
 def _wait_until_answering(url: str, process: subprocess.Popen, log: Path) -> None:
@@ -71,9 +71,9 @@ def _request(url: str, user: str, password: str, body: dict | None = None) -> di
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(tracking URL, pipeline user, password, boto3 S3 client, postgres URI of the store)."""
-    boto3 = pytest.importorskip("boto3")
+    import boto3  # a dev dependency (pyproject)
     if not (BIN / "moto_server").exists():
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+        pytest.fail("moto_server is not installed (pip install 'moto[server]')")
     admin = _postgres()
     folder = tmp_path_factory.mktemp("mlflow-server")
     suffix = secrets.token_hex(4)
