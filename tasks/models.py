@@ -176,13 +176,15 @@ def logit_scale(clip: ClipModel) -> float:
 
 @torch.inference_mode()
 def encode_texts(clip: ClipModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised float32 text embeddings [len(texts), D]."""
+    """L2-normalised float32 text embeddings [len(texts), D] (without the padding a causal text tower
+    never looks at: tasks/textenc.py)."""
+    from tasks import textenc
     clip.model.eval()
     dev = next(clip.model.parameters()).device
     chunks = []
     for start in range(0, len(texts), batch_size):
         tokens = clip.tokenize(texts[start:start + batch_size]).to(dev)
-        chunks.append(F.normalize(clip.model.encode_text(tokens).float(), dim=-1).cpu())
+        chunks.append(F.normalize(textenc.encode_text(clip.model, tokens).float(), dim=-1).cpu())
     dim = clip.model_cfg.get("embed_dim", 0)
     return torch.cat(chunks) if chunks else torch.empty((0, dim))
 

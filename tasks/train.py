@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
-from tasks import log, models, tracking
+from tasks import batchnorm, log, loss as loss_mod, models, textenc, tracking
 from tasks.atomic import read_json, remove_stale_temporaries, write_json, write_text
 from tasks.errors import TrafficlipError
 from tasks.images import ImageCache, to_model_input
@@ -129,15 +129,19 @@ def init_distributed() -> Distributed:
     return Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank)
 
 
-def contrastive_loss(dist: Distributed):
-    """open_clip's CLIP loss; across processes every rank scores its pairs against the gathered batch."""
-    return models.open_clip().ClipLoss(local_loss=False, gather_with_grad=dist.world > 1, cache_labels=True,
-                                       rank=dist.rank, world_size=dist.world)
+def contrastive_loss(dist: Distributed, shared_captions: bool) -> loss_mod.ContrastiveLoss:
+    """open_clip's CLIP loss (tasks/loss.py); across processes every rank scores its pairs against the
+    gathered batch."""
+    return loss_mod.ContrastiveLoss(dist.rank, dist.world, shared_captions)
 
 
 def distributed_model(model: torch.nn.Module, dist: Distributed, dev: torch.device) -> torch.nn.Module:
+    """The training forward (tasks/textenc.py: text encoded without the padding it never looks at),
+    under DistributedDataParallel when there are several processes."""
+    model = textenc.ClipForward(model)
     if dist.world == 1:
         return model
+    batchnorm.globalise(model)   # BatchNorm (a ResNet image tower) over the global batch, as with 1 process
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
@@ -278,7 +282,7 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
     if dist.main and not (out / "initial").is_dir():
         models.save_checkpoint(clip, out / "initial", extra={"role": "initial", "seed": cfg["seed"]})
     clip.model.to(dev)
-    loss_fn = contrastive_loss(dist)
+    loss_fn = contrastive_loss(dist, cfg["shared_captions"])
     optimizer = _optimizer(clip.model, cfg["lr"], cfg["weight_decay"], dev)
 
     # batches drawn within one category are harder (a pedestrian is never a negative for a car query)
@@ -341,7 +345,8 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         if offset == 0 or step == first_step:
             batches = _global_batches(groups, global_batch, cfg["seed"], epoch, dist, logger)
-        batch = shard(batches[offset], dist)
+        global_batch_indices = batches[offset]
+        batch = shard(global_batch_indices, dist)
         x = to_model_input(images[image_index[batch]], clip.mean, clip.std).to(dev, non_blocking=True)
         t = tokens[batch].to(dev, non_blocking=True)
         lr = lr_at(step, total_steps, cfg["lr"], warmup)
@@ -349,7 +354,7 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
             group["lr"] = lr
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             image_features, text_features, logit_scale = net(x, t)[:3]
-            loss = loss_fn(image_features, text_features, logit_scale)
+            loss = loss_fn(image_features, text_features, logit_scale, tokens[global_batch_indices])
         if not torch.isfinite(loss):
             raise TrafficlipError(f"training diverged at step {step} (loss {loss.item()}); lower train.lr")
         optimizer.zero_grad(set_to_none=True)

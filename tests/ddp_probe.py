@@ -22,13 +22,15 @@ def main(out: str, global_batch: int) -> None:
     images = torch.randint(0, 256, (global_batch, clip.image_size, clip.image_size, 3), dtype=torch.uint8,
                            generator=generator)
     words = ["red", "white", "blue", "Sedan", "SUV", "man", "woman", "backpack", "hat", "long sleeves"]
-    texts = [" ".join(words[int(i)] for i in torch.randint(0, len(words), (5,), generator=generator))
-             for _ in range(global_batch)]
+    captions = [" ".join(words[int(i)] for i in torch.randint(0, len(words), (5,), generator=generator))
+                for _ in range(max(2, global_batch // 3))]
+    # repeated captions: the loss's shared-caption targets come from the global batch on every rank
+    texts = [captions[int(i)] for i in torch.randint(0, len(captions), (global_batch,), generator=generator)]
     batch = train.shard(torch.arange(global_batch), dist)
     net = train.distributed_model(clip.model, dist, torch.device("cpu"))
     net.train()
     features = net(to_model_input(images[batch], clip.mean, clip.std), clip.tokenize([texts[i] for i in batch]))
-    loss = train.contrastive_loss(dist)(*features[:3])
+    loss = train.contrastive_loss(dist, shared_captions=True)(*features[:3], clip.tokenize(texts))
     loss.backward()
     if dist.main:
         grads = {f"grad.{name}": p.grad.detach().contiguous() for name, p in clip.model.named_parameters()

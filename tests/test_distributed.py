@@ -33,9 +33,14 @@ def test_two_processes_give_the_loss_and_gradients_of_one_process_with_the_whole
     one, two = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
     assert set(one) == set(two) and len(one) > 50
     torch.testing.assert_close(two["loss"], one["loss"], rtol=1e-5, atol=1e-6)
+    assert any(".bn" in name for name in one)   # BatchNorm layers: normalised over the global batch
     for name in one:
-        # gradients summed over ranks by DDP: equal to the single process's, not N times or 1/N of it
-        torch.testing.assert_close(two[name], one[name], rtol=1e-3, atol=1e-6, msg=name)
+        # gradients summed over ranks by DDP: equal to the single process's, not N times or 1/N of it;
+        # sums in another order round differently, hence a tolerance relative to the gradient's scale (and
+        # a floor for gradients that are zero in exact arithmetic, e.g. the attention pool's key bias)
+        scale = float(one[name].abs().max())
+        torch.testing.assert_close(two[name], one[name], rtol=1e-3, atol=1e-4 * scale + 1e-8,
+                                   msg=lambda m: f"{name}: {m}")
 
 
 def _losses(path):
@@ -45,7 +50,9 @@ def _losses(path):
 
 def test_torchrun_training_matches_single_process_training(tiny_prepared, tmp_path):
     import yaml
-    params = tiny_params(epochs=2, warmup_steps=1)
+    # a gentle learning rate: at the tiny tests' 2e-3 a few steps of this 72-pair run are chaotic (the loss
+    # jumps up), and float rounding of sums taken in another order then grows step after step
+    params = tiny_params(epochs=2, warmup_steps=1, lr=2e-4)
     params_file = tmp_path / "params.yaml"
     single = {**params, "train": {**params["train"], "batch_size": 16}}
     params_file.write_text(yaml.safe_dump(single))
@@ -64,8 +71,13 @@ def test_torchrun_training_matches_single_process_training(tiny_prepared, tmp_pa
     assert two == pytest.approx(one, rel=1e-3)
     weights_one = load_file(tmp_path / "one" / "model" / "open_clip_model.safetensors")
     weights_two = load_file(tmp_path / "two" / "model" / "open_clip_model.safetensors")
+    start = load_file(tmp_path / "one" / "initial" / "open_clip_model.safetensors")
     for name, value in weights_one.items():
-        torch.testing.assert_close(weights_two[name], value, rtol=1e-3, atol=1e-4, msg=name)
+        # the two trainings differ by under 5% of how far training moved each tensor (float rounding of sums
+        # taken in another order, which Adam turns into a step of ~lr for elements with ~zero gradient)
+        moved = float((value.float() - start[name].float()).norm())
+        apart = float((weights_two[name].float() - value.float()).norm())
+        assert apart <= 0.05 * moved + 1e-6, f"{name}: the trainings differ by {apart:.2e}, training moved it {moved:.2e}"
     # only rank 0 wrote: one summary, recording both processes
     import json
     summary = json.loads((tmp_path / "two-reports" / "train_summary.json").read_text())

@@ -21,7 +21,7 @@ def test_checkpoint_round_trip_is_an_open_clip_local_dir(tmp_path):
     for name, tensor in clip.model.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
     again = models.load_checkpoint(tmp_path / "ckpt")
-    assert again.name == "TrafficCLIP-Tiny" and again.image_size == 64 and again.info["note"] == "x"
+    assert again.name == "TrafficCLIP-Tiny" and again.image_size == 96 and again.info["note"] == "x"
     texts = ["This is a white Audi Sedan.", "A male pedestrian is someone who walks on foot."]
     assert torch.allclose(models.encode_texts(clip, texts), models.encode_texts(again, texts))
     images = torch.randint(0, 255, (3, 64, 64, 3), dtype=torch.uint8)
