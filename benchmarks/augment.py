@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from tasks import augment, models  # noqa: E402
 from tasks.atomic import read_json  # noqa: E402
@@ -64,6 +65,15 @@ def ours(folder: Path, images, items, vocabulary, batch_size: int) -> list[Vehic
     return [choice.attributes for choice in choices]
 
 
+@torch.inference_mode()
+def _plain_text_embeddings(clip, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """open_clip's own encode_text over the whole padded context, as the reference ran it (ours skips
+    the padding: tasks/textenc.py)."""
+    clip.model.eval()
+    return torch.cat([F.normalize(clip.model.encode_text(clip.tokenize(prompts[i:i + batch_size])).float(), dim=-1)
+                      for i in range(0, len(prompts), batch_size)])
+
+
 def reference(folder: Path, images, items, vocabulary, batch: int) -> list[VehicleAttributes]:
     """The reference's loop: model rebuilt per batch, every product embedded for every image."""
     products = [VehicleAttributes(c, b, t) for c in vocabulary.colours for b in vocabulary.brands
@@ -74,7 +84,7 @@ def reference(folder: Path, images, items, vocabulary, batch: int) -> list[Vehic
         clip = models.load_checkpoint(folder)
         clip.model.to(models.device())
         for index, known, missing in items[start:start + batch]:
-            texts = models.encode_texts(clip, prompts)
+            texts = _plain_text_embeddings(clip, prompts)
             image = models.encode_images(clip, images[[index]])
             scores = (image @ texts.t())[0]
             agrees = torch.tensor([all(augment.value(p, n) == augment.value(known, n)

@@ -12,7 +12,14 @@ after the first logged interval) and the whole call's wall time, each median ove
 the ratio. "Same answer": both reach a finite final loss below the first step's loss (they differ
 in data order and augmentation, so weights are not compared).
 
+Model FLOP utilisation: the model's FLOPs per training sample (torch's FLOP counter over open_clip's
+forward + backward, the text at its full context length as open_clip_train runs it; both sides' rates
+are converted with this one count, so the padding our text encoding skips is credited as work done)
+times samples/s, over the device's peak (datasheet dense bf16 for a known GPU, a measured large fp32
+matmul on CPU, or --peak-tflops).
+
     python benchmarks/training.py [--pairs 2000] [--batch 64] [--epochs 1] [--rounds 2]
+    python benchmarks/training.py --model ViT-B-16 --batch 256 --pairs 20000   # on a GPU
 """
 
 from __future__ import annotations
@@ -38,13 +45,15 @@ from tasks.atomic import read_json  # noqa: E402
 from tasks.labels import images_dir, resolve_image  # noqa: E402
 
 
-def make_data(root: Path, pairs: int) -> tuple[Path, Path, Path]:
-    """Demo data with about ``pairs`` training pairs, prepared (ours) and as a CSV (theirs)."""
+def make_data(root: Path, pairs: int, model: str) -> tuple[Path, Path, Path]:
+    """Demo data with about ``pairs`` training pairs, prepared for ``model``'s input size (ours) and as
+    a CSV (theirs)."""
     raw = root / "raw"
     per_category = int(pairs / 0.9 / 2) + 1
     synth.generate(raw, vehicles=per_category, pedestrians=per_category, seed=5, val_fraction=0.05,
                    test_fraction=0.05)
     params = params_mod.defaults()
+    params["model"]["name"] = model
     prepared = root / "prepared"
     prepare.run(params, raw, prepared)
     manifest = read_json(prepared / "train" / "manifest.json", "prepare")
@@ -114,6 +123,42 @@ def run_theirs(csv_path: Path, out: Path, args) -> dict:
             "final_loss": losses[-1] if losses else None}
 
 
+def model_flops_per_sample(name: str, batch: int = 4) -> float:
+    """The model's FLOPs for one training sample (forward + backward of open_clip's own forward, the
+    text over the full context as open_clip_train runs it), counted by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+    clip = models.build(name, seed=0)
+    clip.model.train()
+    images = torch.randn(batch, 3, clip.image_size, clip.image_size)
+    tokens = clip.tokenize(["This is a white Audi Sedan."] * batch)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        image_features, text_features, scale = clip.model(images, tokens)[:3]
+        (scale * image_features @ text_features.t()).logsumexp(dim=1).sum().backward()
+    return counter.get_total_flops() / batch
+
+
+def peak_flops(device: str) -> tuple[float, str]:
+    """(FLOP/s, what it is): the GPU's dense bf16 peak from --peak-tflops or a known table, on CPU the
+    best of a few large fp32 torch.mm on this machine's threads (what the cores can actually reach)."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        for key, tflops in GPU_BF16_DENSE_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12, f"{name} dense bf16 peak {tflops} TFLOP/s (datasheet)"
+        raise SystemExit(f"unknown GPU {name!r}: pass --peak-tflops")
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * 2048 ** 3 / best, f"torch.mm fp32 2048^3 on {torch.get_num_threads()} CPU threads (measured)"
+
+
+GPU_BF16_DENSE_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=2000)
@@ -124,12 +169,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     parser.add_argument("--workers", type=int, default=1, help="open_clip_train DataLoader workers")
-    parser.add_argument("--model", default="TrafficCLIP-Tiny")
+    parser.add_argument("--model", default="TrafficCLIP-Tiny",
+                        help="any open_clip architecture (random weights), e.g. ViT-B-16 or ViT-L-14 on a GPU")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak for MFU (default: datasheet bf16 for known GPUs, measured mm on CPU)")
     args = parser.parse_args()
     models.open_clip()   # registers tasks/model_configs with open_clip (both use it)
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         tmp = Path(tmp)
-        prepared, csv_path, _ = make_data(tmp, args.pairs)
+        prepared, csv_path, _ = make_data(tmp, args.pairs, args.model)
         pairs = len(read_json(prepared / "train" / "manifest.json", "prepare")["pairs"])
         device = "cuda" if torch.cuda.is_available() else "cpu"
         print(f"{args.model}, {pairs} pairs, batch {args.batch}, {args.epochs} epoch(s), {device}, "
@@ -151,6 +199,14 @@ def main() -> None:
     print(f"ratio:            {ours_rate / theirs_rate:8.2f}x samples/s (target 1.5x), "
           f"{theirs_wall / ours_wall:.2f}x wall")
     print(f"both learned (final loss below first): {'yes' if learned else 'NO'}")
+    flops = model_flops_per_sample(args.model)
+    if args.peak_tflops:
+        peak, what = args.peak_tflops * 1e12, f"--peak-tflops {args.peak_tflops}"
+    else:
+        peak, what = peak_flops("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"model FLOPs per training sample: {flops / 1e9:.3f} GFLOP (forward + backward, full text context)")
+    print(f"MFU (model FLOPs x samples/s / peak): ours {flops * ours_rate / peak:.1%}, "
+          f"open_clip_train {flops * theirs_rate / peak:.1%}; peak {peak / 1e12:.3f} TFLOP/s = {what}")
     print(f"peak RSS of this process: {_peak_rss_mb():.0f} MB")
 
 

@@ -98,7 +98,7 @@ WORKSPACE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
 # what the tiny workspace changes in params.yaml (line edits, so its comments stay as a user has them)
 TINY_WORKSPACE_EDITS = {"warmup_steps: 50 ": "warmup_steps: 2  ", "threads: 0 ": "threads: 1 ",
                         "bootstrap_samples: 2000": "bootstrap_samples: 200 ", "gallery_queries: 6 ": "gallery_queries: 2 ",
-                        "epochs: 7 ": "epochs: 2 ", "batch_size: 128 ": "batch_size: 16  ", "floor: 0.05 ": "floor: 0.0  "}
+                        "epochs: 8 ": "epochs: 2 ", "batch_size: 64 ": "batch_size: 16 ", "floor: 0.05 ": "floor: 0.0  "}
 
 
 def tool_env(**extra: str) -> dict:
