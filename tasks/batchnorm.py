@@ -22,9 +22,9 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
                 and torch.distributed.get_world_size() > 1):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
-        xf = x.float()
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x   # statistics in fp32 at least
         channels = x.shape[1]
-        count = torch.full((1,), xf.numel() / channels, dtype=torch.float32, device=x.device)
+        count = torch.full((1,), xf.numel() / channels, dtype=xf.dtype, device=x.device)
         first = all_reduce(torch.cat([xf.sum(dim=(0, 2, 3)), count]))    # two passes, as F.batch_norm:
         total = first[-1]                                                # the mean, then the spread
         mean = first[:channels] / total
