@@ -53,9 +53,3 @@ def globalise(model: torch.nn.Module) -> int:
             swapped += 1
     return swapped
 
-
-def plain(model: torch.nn.Module) -> None:
-    """Undo ``globalise`` (the model is plain open_clip again)."""
-    for module in model.modules():
-        if type(module) is GlobalBatchNorm2d:
-            module.__class__ = torch.nn.BatchNorm2d

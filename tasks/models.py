@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from tasks import textenc
 from tasks.atomic import atomic_dir
 from tasks.errors import TrafficlipError
 from tasks.images import to_model_input
@@ -178,7 +179,6 @@ def logit_scale(clip: ClipModel) -> float:
 def encode_texts(clip: ClipModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """L2-normalised float32 text embeddings [len(texts), D] (without the padding a causal text tower
     never looks at: tasks/textenc.py)."""
-    from tasks import textenc
     clip.model.eval()
     dev = next(clip.model.parameters()).device
     chunks = []
