@@ -13,10 +13,19 @@ Track 2 format (see docs/data-format.md).
     OUT/synth_truth.json             the true attributes of every image
 
 Every attribute is drawn visibly so that a tiny CLIP model can learn it: vehicles show their colour
-(the body), type (a silhouette per type) and brand (an emblem of a unique shape and colour on a
-light plate at the middle of the body); pedestrians show all 21 attributes (hair, face, sleeves,
-patterns, lower garment, coat, hat, glasses and bags). Backgrounds are cluttered and random so that
-they never give an answer away. The output is byte-identical for the same arguments: every random
+(the body), type (a silhouette per type) and brand, twice: a small emblem of a unique shape and colour
+on a light plate at the middle of the body, as a real logo, and a trim along the body side (line,
+double line, band or dashes in chrome, black or gold; a unique pair per brand), standing in for the
+design language by which one tells a real brand at surveillance resolution. With the emblem alone,
+the demo model never learned brands (docs/training.md). Pedestrians show all 21 attributes (hair,
+face, sleeves, patterns, lower garment, coat, hat, glasses and bags). Backgrounds are cluttered and
+random so that they never give an answer away.
+
+A label leaves a part out because the picture does not show it, as an annotator would: a caption
+without a colour goes with an infrared night shot (monochrome), one without a type with a close crop
+of the middle of the body, one without a brand with a vehicle whose lower body (emblem, trim, wheels)
+is behind a roadside barrier. Under the organisers' rule such a query is relevant only to images
+labelled with the same omission, so the omission has to be something one can see. The output is byte-identical for the same arguments: every random
 choice comes from numpy Generators seeded from ``seed`` (one per image), JPEGs use a fixed quality
 and no metadata.
 
@@ -157,6 +166,17 @@ EMBLEM_RGB: dict[str, RGB] = {
     "black": (18, 18, 18), "blue": (16, 56, 235), "red": (225, 16, 16), "green": (0, 165, 40),
     "orange": (255, 128, 0), "purple": (150, 24, 200),
 }
+# Brand trims: each brand's design language along the body side (pattern, tone), unique per brand,
+# so that a brand shows at the scale of the whole vehicle as well as in its small emblem.
+BRAND_TRIMS: dict[str, tuple[str, str]] = {
+    "Audi": ("line", "chrome"), "Honda": ("band", "black"),
+    "Ford": ("double", "chrome"), "BMW": ("dashes", "black"),
+    "Kia": ("band", "chrome"), "Buick": ("line", "gold"),
+    "Nissan": ("dashes", "chrome"), "Hyundai": ("double", "gold"),
+    "Chevrolet": ("band", "gold"), "Volkswagen": ("double", "black"),
+    "Toyota": ("dashes", "gold"), "Mazda": ("line", "black"),
+}
+TRIM_RGB: dict[str, RGB] = {"chrome": (236, 238, 240), "black": (14, 14, 16), "gold": (212, 168, 36)}
 _PLATE_RGB = (236, 236, 228)
 _GLASS_RGB = (58, 72, 92)
 _TYRE_RGB = (28, 28, 30)
@@ -373,8 +393,45 @@ def _draw_emblem(draw: ImageDraw.ImageDraw, shape: str, colour: RGB, cx: float, 
         raise ValueError(f"unknown emblem shape {shape!r}")
 
 
-def draw_vehicle(colour: str, brand: str, vehicle_type: str, rng: np.random.Generator) -> Image.Image:
-    """A side view of a vehicle on a cluttered road scene; wider than tall."""
+def _draw_trim(draw: ImageDraw.ImageDraw, at, trim: tuple[str, str], v_low: float, v_high: float,
+               rng: np.random.Generator) -> None:
+    """The brand's trim along the lower body: a line, a double line, a broad band or dashes.
+    Returns the trim's top (body units)."""
+    pattern, tone = trim
+    colour = _jitter(TRIM_RGB[tone], rng, spread=0.06, channel=5)
+    edge = _scale(colour, 0.45) if tone != "black" else (150, 150, 154)
+    v_mid = (v_low + v_high) / 2 + rng.uniform(-0.02, 0.02)
+    u0, u1 = 0.03, 0.975  # along cab and cargo box alike
+    thickness = {"line": 0.07, "double": 0.05, "band": 0.12, "dashes": 0.09}[pattern]
+
+    def stripe(v: float, ua: float, ub: float, t: float) -> None:
+        x0, y0 = at(ua, v + t / 2)
+        x1, y1 = at(ub, v - t / 2)
+        draw.rectangle((x0, y0, x1, y1), fill=colour, outline=edge)
+
+    if pattern == "double":
+        for dv in (-0.06, 0.06):
+            stripe(v_mid + dv, u0, u1, thickness)
+    elif pattern == "dashes":
+        n = 6
+        step = (u1 - u0) / n
+        for k in range(n):
+            stripe(v_mid, u0 + k * step, u0 + k * step + step * 0.55, thickness)
+    else:
+        stripe(v_mid, u0, u1, thickness)
+    return v_mid + thickness / 2 + (0.06 if pattern == "double" else 0.0)
+
+
+def draw_vehicle(colour: str, brand: str, vehicle_type: str, rng: np.random.Generator,
+                 unseen: Sequence[str] = ()) -> Image.Image:
+    """A side view of a vehicle on a cluttered road scene; wider than tall.
+
+    ``unseen`` lists the parts the picture does not let one tell (why a label omits them):
+    ``colour``: a night shot of an infrared camera (monochrome, dark); ``type``: a close crop of the
+    middle of the body (no roof line, no ends); ``brand``: a roadside barrier hides the lower body
+    (emblem, trim and wheels). Everything is drawn first, so the random stream, and with it the rest
+    of the picture, is the same whatever is unseen.
+    """
     shape = _vehicle_shape(vehicle_type, rng)
     width = int(rng.integers(90, 221))
     height = max(40, int(round(width / rng.uniform(*shape["aspect"]))))
@@ -426,6 +483,7 @@ def draw_vehicle(colour: str, brand: str, vehicle_type: str, rng: np.random.Gene
     u_end = 0.26 if shape["cargo"] else 0.985
     draw.line((*at(0.015, v_high - 0.08), *at(u_end, v_high - 0.08)), fill=_scale(base, 1.18), width=stroke)
     draw.rectangle((*at(0.01, v_low + 0.08), *at(u_end, v_low)), fill=_scale(base, 0.78))
+    trim_top = _draw_trim(draw, at, BRAND_TRIMS[brand], v_low, v_high, rng)
     glass = _jitter(_GLASS_RGB, rng, spread=0.15, channel=6)
     for points in shape["windows"]:
         draw.polygon(poly(points), fill=glass)
@@ -453,7 +511,51 @@ def draw_vehicle(colour: str, brand: str, vehicle_type: str, rng: np.random.Gene
         draw.ellipse((cx - inner, cy - inner, cx + inner, cy + inner), fill=rim)
         hub = radius * 0.18
         draw.ellipse((cx - hub, cy - hub, cx + hub, cy + hub), fill=(60, 60, 64))
+    if "brand" in unseen:
+        _behind_barrier(draw, width, height, min(ey - plate / 2, at(0, trim_top)[1]) - 0.04 * body_height, rng)
+    if "type" in unseen:
+        image = _close_crop(image, at, eu, body_height, length, rng, upper="brand" in unseen)
+    if "colour" in unseen:
+        image = _infrared_night(image, rng)
     return image
+
+
+def _close_crop(image: Image.Image, at, emblem_u: float, body_height: float, length: float,
+                rng: np.random.Generator, upper: bool = False) -> Image.Image:
+    """The middle of the body only, as a detector crops a vehicle too near the camera: the ends and
+    the roof line that tell a type apart are outside the picture; the emblem and trim are inside.
+    Returned at an ordinary vehicle picture's size and an aspect ratio of 1.3 to 2.1. ``upper``: the
+    band above a barrier instead (the brand hidden too)."""
+    v0, v1 = rng.uniform(0.0, 0.06), rng.uniform(0.7, 0.76)
+    if upper:
+        v0, v1 = v0 + 0.66, v1 + 0.24
+    crop_height = (v1 - v0) * body_height
+    crop_length = min(crop_height * rng.uniform(1.3, 2.1), 0.6 * length) / length
+    u_mid = min(max(emblem_u + rng.uniform(-0.04, 0.04), 0.2 + crop_length / 2), 0.8 - crop_length / 2)
+    (x0, y1), (x1, y0) = at(u_mid - crop_length / 2, v0), at(u_mid + crop_length / 2, v1)
+    crop = image.crop(tuple(int(round(c)) for c in (x0, y0, x1, y1)))
+    width = int(rng.integers(90, 221))
+    return crop.resize((width, max(40, round(width * crop.height / max(1, crop.width)))), Image.BILINEAR)
+
+
+def _behind_barrier(draw: ImageDraw.ImageDraw, width: int, height: int, top: float,
+                    rng: np.random.Generator) -> None:
+    """A roadside barrier in front of the lower body, up to ``top`` (pixels): the emblem, the trim and
+    the wheels are behind it; the roof line, the windows and the upper body's colour show."""
+    colour = _jitter(((150, 150, 146), (46, 96, 44), (120, 118, 112))[int(rng.integers(3))], rng, 0.15, 8)
+    draw.rectangle((0, top, width, height), fill=colour)
+    for k in range(int(rng.integers(2, 5))):   # seams, rails or leaves: texture without meaning
+        y = top + (height - top) * (k + rng.uniform(0.2, 0.8)) / 4
+        draw.line((0, y, width, y), fill=_scale(colour, rng.uniform(0.6, 0.85)), width=int(rng.integers(1, 3)))
+    draw.line((0, top, width, top), fill=_scale(colour, 1.25), width=2)
+
+
+def _infrared_night(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A night frame of an infrared camera: monochrome and dark, so the body colour cannot be told."""
+    grey = np.asarray(image.convert("L"), np.float32)
+    grey = grey * rng.uniform(0.45, 0.7) + rng.uniform(0, 20)
+    tint = np.array(_hsv(rng.uniform(0.3, 0.55), rng.uniform(0.0, 0.12), 1.0), np.float32) / 255.0
+    return Image.fromarray(np.clip(grey[..., None] * tint, 0, 255).astype(np.uint8), "RGB")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -791,7 +893,7 @@ def _render(item: dict) -> tuple[bytes, dict]:
     draw_rng = np.random.default_rng(item["draw_seed"])
     if item["category"] == "vehicle":
         a = item["attributes"]
-        image = draw_vehicle(a["colour"], a["brand"], a["type"], draw_rng)
+        image = draw_vehicle(a["colour"], a["brand"], a["type"], draw_rng, unseen=a["label_omits"])
         entry = {"category": "vehicle", "colour": a["colour"], "brand": a["brand"], "type": a["type"],
                  "label_omits": list(a["label_omits"])}
     else:

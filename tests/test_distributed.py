@@ -72,12 +72,22 @@ def test_torchrun_training_matches_single_process_training(tiny_prepared, tmp_pa
     weights_one = load_file(tmp_path / "one" / "model" / "open_clip_model.safetensors")
     weights_two = load_file(tmp_path / "two" / "model" / "open_clip_model.safetensors")
     start = load_file(tmp_path / "one" / "initial" / "open_clip_model.safetensors")
+    lr = params["train"]["lr"]
+    total_moved = total_apart = 0.0
     for name, value in weights_one.items():
-        # the two trainings differ by under 5% of how far training moved each tensor (float rounding of sums
-        # taken in another order, which Adam turns into a step of ~lr for elements with ~zero gradient)
+        # the two trainings differ by under 5% of how far training moved each tensor, give or take float
+        # rounding of sums taken in another order, which Adam turns into a step of ~lr for elements whose
+        # gradient is ~zero: half a step per element is allowed on top (it decides small tensors such as
+        # a 16-channel BatchNorm bias, which training moves by a few steps only)
         moved = float((value.float() - start[name].float()).norm())
         apart = float((weights_two[name].float() - value.float()).norm())
-        assert apart <= 0.05 * moved + 1e-6, f"{name}: the trainings differ by {apart:.2e}, training moved it {moved:.2e}"
+        rounding = 0.5 * lr * value.numel() ** 0.5
+        assert apart <= 0.05 * moved + rounding, \
+            f"{name}: the trainings differ by {apart:.2e}, training moved it {moved:.2e}"
+        total_moved += moved ** 2
+        total_apart += apart ** 2
+    # and the model as a whole ends where the single process's training ended, within 5% of the way
+    assert total_apart ** 0.5 <= 0.05 * total_moved ** 0.5, (total_apart ** 0.5, total_moved ** 0.5)
     # only rank 0 wrote: one summary, recording both processes
     import json
     summary = json.loads((tmp_path / "two-reports" / "train_summary.json").read_text())

@@ -217,15 +217,74 @@ def test_body_colour_is_a_large_area(vehicle_type):
         assert near.mean() > 0.1, (colour, vehicle_type, near.mean())
 
 
-def test_brand_changes_only_a_visible_emblem():
+def test_brand_shows_in_its_emblem_and_trim_on_the_body_only():
+    assert set(synth.BRAND_TRIMS) == set(DEMO_BRANDS)
+    assert len(set(synth.BRAND_TRIMS.values())) == len(DEMO_BRANDS)  # a trim alone tells the brand
     for seed, vehicle_type in enumerate(VEHICLE_TYPES):
+        plain = np.asarray(synth.draw_vehicle("red", "Kia", vehicle_type, np.random.default_rng(seed)), np.int16)
         images = [_to64(synth.draw_vehicle("red", brand, vehicle_type, np.random.default_rng(seed)))
                   for brand in DEMO_BRANDS]
         for a, b in itertools.combinations(range(len(DEMO_BRANDS)), 2):
             changed = np.abs(images[a] - images[b]).max(axis=2) > 40
-            assert changed.sum() >= 2, (vehicle_type, DEMO_BRANDS[a], DEMO_BRANDS[b])
-            rows, cols = np.nonzero(changed)
-            assert cols.max() - cols.min() < 20 and rows.max() - rows.min() < 20
+            assert changed.sum() >= 6, (vehicle_type, DEMO_BRANDS[a], DEMO_BRANDS[b], changed.sum())
+        # what a brand changes lies on the body: the background and the wheels stay as they are
+        other = np.asarray(synth.draw_vehicle("red", "Toyota", vehicle_type, np.random.default_rng(seed)), np.int16)
+        rows, cols = np.nonzero(np.abs(plain - other).max(axis=2) > 0)
+        red = np.linalg.norm(plain - np.array(synth.COLOUR_RGB["red"]), axis=2) < 60
+        body_rows, body_cols = np.nonzero(red)
+        assert body_rows.min() - 2 <= rows.min() and rows.max() <= body_rows.max() + 2, vehicle_type
+        assert body_cols.min() - 2 <= cols.min() and cols.max() <= body_cols.max() + 2, vehicle_type
+
+
+# --- what a label omits cannot be seen ------------------------------------------------------------
+
+def _saturation(image: Image.Image) -> np.ndarray:
+    rgb = np.asarray(image, np.float32)
+    return rgb.max(axis=2) - rgb.min(axis=2)
+
+
+@pytest.mark.parametrize("vehicle_type", VEHICLE_TYPES)
+def test_omitted_colour_is_a_monochrome_night_shot(vehicle_type):
+    for seed, colour in enumerate(COLOURS):
+        day = synth.draw_vehicle(colour, "Ford", vehicle_type, np.random.default_rng(seed))
+        night = synth.draw_vehicle(colour, "Ford", vehicle_type, np.random.default_rng(seed), unseen=["colour"])
+        assert night.size == day.size
+        assert _saturation(night).max() <= 40, (colour, _saturation(night).max())  # no hue to read
+        assert np.asarray(night, np.float32).mean() < np.asarray(day, np.float32).mean()
+
+
+@pytest.mark.parametrize("vehicle_type", VEHICLE_TYPES)
+def test_omitted_type_is_a_close_crop_of_the_body_with_the_brand_inside(vehicle_type):
+    for seed in range(6):
+        crop = synth.draw_vehicle("red", "Kia", vehicle_type, np.random.default_rng(seed), unseen=["type"])
+        w, h = crop.size
+        assert 90 <= w <= 220 and 1.1 <= w / h <= 2.3
+        rgb = np.asarray(crop, np.float32)
+        body = np.linalg.norm(rgb - np.array(synth.COLOUR_RGB["red"]), axis=2) < 60
+        # the body runs off both sides of the picture: neither end of the vehicle is in it
+        assert body[:, :3].any() and body[:, -3:].any(), (vehicle_type, seed)
+        assert body.mean() > 0.2, (vehicle_type, seed, body.mean())
+        emblem_red = np.linalg.norm(rgb - np.array(synth.EMBLEM_RGB["red"]), axis=2) < 40
+        plate = np.linalg.norm(rgb - np.array(synth._PLATE_RGB), axis=2) < 30
+        assert plate.sum() > 20 and emblem_red.any()
+
+
+@pytest.mark.parametrize("vehicle_type", VEHICLE_TYPES)
+def test_omitted_brand_is_hidden_behind_a_barrier(vehicle_type):
+    for seed in range(4):
+        def picture(brand: str, unseen=("brand",)) -> np.ndarray:
+            return np.asarray(synth.draw_vehicle("red", brand, vehicle_type, np.random.default_rng(seed),
+                                                 unseen=list(unseen)), np.int16)
+        # nothing of the brand shows: every brand gives the same picture
+        hidden = [picture(brand) for brand in DEMO_BRANDS]
+        assert all(np.array_equal(hidden[0], other) for other in hidden[1:]), (vehicle_type, seed)
+        # the colour still does
+        body = np.linalg.norm(hidden[0] - np.array(synth.COLOUR_RGB["red"]), axis=2) < 60
+        assert body.mean() > 0.02, (vehicle_type, seed, body.mean())
+        # with the type unseen too: a crop above the barrier, still the same for every brand, still red
+        both = [picture(brand, ("brand", "type")) for brand in DEMO_BRANDS[:3]]
+        assert all(np.array_equal(both[0], other) for other in both[1:])
+        assert (np.linalg.norm(both[0] - np.array(synth.COLOUR_RGB["red"]), axis=2) < 60).mean() > 0.05
 
 
 def _person(orientation: str, **changes: int) -> list[int]:
