@@ -25,9 +25,10 @@ A label leaves a part out because the picture does not show it, as an annotator 
 without a colour goes with an infrared night shot (monochrome), one without a type with a close crop
 of the middle of the body, one without a brand with a vehicle whose lower body (emblem, trim, wheels)
 is behind a roadside barrier. Under the organisers' rule such a query is relevant only to images
-labelled with the same omission, so the omission has to be something one can see. The output is byte-identical for the same arguments: every random
-choice comes from numpy Generators seeded from ``seed`` (one per image), JPEGs use a fixed quality
-and no metadata.
+labelled with the same omission, so the omission has to be something one can see.
+
+The output is byte-identical for the same arguments: every random choice comes from numpy Generators
+seeded from ``seed`` (one per image), JPEGs use a fixed quality and no metadata.
 
 The attribute sampling is separate from the drawing (``sample_vehicle_attributes``,
 ``sample_pedestrian_bits``) so that its frequencies can be checked without drawing anything.
@@ -394,7 +395,7 @@ def _draw_emblem(draw: ImageDraw.ImageDraw, shape: str, colour: RGB, cx: float, 
 
 
 def _draw_trim(draw: ImageDraw.ImageDraw, at, trim: tuple[str, str], v_low: float, v_high: float,
-               rng: np.random.Generator) -> None:
+               rng: np.random.Generator) -> float:
     """The brand's trim along the lower body: a line, a double line, a broad band or dashes.
     Returns the trim's top (body units)."""
     pattern, tone = trim
