@@ -23,7 +23,7 @@ AIRFLOW_HOME_DIR := $(CURDIR)/.airflow
 AIRFLOW_ENV := mkdir -p $(AIRFLOW_HOME_DIR) && AIRFLOW_HOME=$(AIRFLOW_HOME_DIR) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
   AIRFLOW__CORE__LOAD_EXAMPLES=False TRAFFICLIP_WORKSPACE=$(CURDIR) MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns.db
 
-.PHONY: venv run test metrics ui ablate clean compose-tool
+.PHONY: venv run test test-fast metrics ui ablate clean compose-tool
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,18 +75,23 @@ ablate: $(STAMP)
 	@test -f models/model/open_clip_config.json || { echo "make ablate needs a trained model: make run first"; exit 1; }
 	trafficlip ablate
 
-# Debian's docker-compose (v1) for tests/test_docker.py (`config -q` of docker/compose.yaml); root installs it.
+# Debian's docker-compose (v1) for tests/system/test_docker.py (`config -q` of docker/compose.yaml); root installs it.
 # Without its recommended docker.io: the tests need the compose file checker, not a Docker engine.
 compose-tool:
 	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose)
 
+# `make test`: every test, the service, browser and end-to-end ones included (about 15 minutes on 2 cores).
+# `make test-fast`: the unit tests only (pyproject.toml's markers: not service, browser or e2e), the inner loop.
 test: $(STAMP) compose-tool chromium
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not (service or browser or e2e)"
 
 clean:
 	rm -rf data/prepared data/augmented models outputs reports metrics
 
-# Debian's Chromium for the browser test (tests/test_airflow_ui.py drives it with Playwright; Playwright's own
+# Debian's Chromium for the browser test (tests/system/test_airflow_ui.py drives it with Playwright; Playwright's own
 # browsers are never downloaded). Installed with apt-get when missing (as root, or through sudo).
 chromium:
 	@command -v chromium >/dev/null || { \

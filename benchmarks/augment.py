@@ -2,7 +2,7 @@
 
 The reference (A3R) rebuilt the CLIP model inside its batch loop and, for every image, embedded
 every colour x brand x type caption of the vocabulary, then kept the best one that agrees with the
-label's known attributes. Ours (tasks/augment.py) builds the model once, embeds each distinct
+label's known attributes. Ours (tasks/steps/augment.py) builds the model once, embeds each distinct
 candidate caption once per run and the images in batches. Both run here on the same checkpoint and
 the same vehicle images, and must choose the same attributes.
 
@@ -30,11 +30,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tasks import augment, models  # noqa: E402
-from tasks.atomic import read_json  # noqa: E402
-from tasks.images import ImageCache  # noqa: E402
-from tasks.labels import VEHICLE, VehicleAttributes, Vocabulary  # noqa: E402
-from tasks.prepare import MANIFEST  # noqa: E402
+from tasks.core import models  # noqa: E402
+from tasks.core.atomic import read_json  # noqa: E402
+from tasks.core.images import ImageCache  # noqa: E402
+from tasks.core.labels import VEHICLE, VehicleAttributes, Vocabulary  # noqa: E402
+from tasks.core.paths import MANIFEST  # noqa: E402
+from tasks.steps import augment  # noqa: E402
 
 MASKS = (("colour",), ("type",), ("colour", "type"))
 
@@ -68,7 +69,7 @@ def ours(folder: Path, images, items, vocabulary, batch_size: int) -> list[Vehic
 @torch.inference_mode()
 def _plain_text_embeddings(clip, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
     """open_clip's own encode_text over the whole padded context, as the reference ran it (ours skips
-    the padding: tasks/textenc.py)."""
+    the padding: tasks/core/textenc.py)."""
     clip.model.eval()
     return torch.cat([F.normalize(clip.model.encode_text(clip.tokenize(prompts[i:i + batch_size])).float(), dim=-1)
                       for i in range(0, len(prompts), batch_size)])

@@ -9,7 +9,7 @@ of image files (``--images`` synthetic demo images, or any ``--gallery`` folder)
    ``prepare_image`` per image). Both embed with ``models.encode_images`` in the same batches and
    must give the same embeddings (bit for bit: the pixels are the same). Writing the shards is a one-
    time cost of the prepare stage, printed on its own.
-2. **embedding cache of `trafficlip retrieve`** (tasks/batch.py): a first call over a gallery (a miss:
+2. **embedding cache of `trafficlip retrieve`** (tasks/serving/retrieve.py): a first call over a gallery (a miss:
    decode, embed, write the entry) against a second call (a hit: hash the files, read the entry), and
    a call with the cache off (what every call did before). All three must write the same submission.
 
@@ -34,12 +34,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import interleaved, machine, measure_here, measure_in_subprocess, median, report_measurement, seconds  # noqa: E402
 
-from _common import (interleaved, machine, measure_here, measure_in_subprocess, median,  # noqa: E402
-                     report_measurement, seconds)
-from tasks import batch, models  # noqa: E402
-from tasks import params as params_mod  # noqa: E402
-from tasks.images import ImageCache, load_image, prepare_image, write_cache  # noqa: E402
+from tasks.core import models  # noqa: E402
+from tasks.core import params as params_mod  # noqa: E402
+from tasks.core.images import ImageCache, load_image, prepare_image, write_cache  # noqa: E402
+from tasks.serving import retrieve  # noqa: E402
 
 MODEL = "TrafficCLIP-Tiny"
 SHARD_SIZE = 4096
@@ -52,7 +52,7 @@ def make_workdir(work: Path, images: int, gallery: str | None) -> tuple[Path, Pa
         queries = work / "queries.txt"
         queries.write_text("This is a white Audi Sedan.\nA male pedestrian is someone who walks on foot.\n")
     else:
-        from tasks import synth
+        from tasks.demo import synth
         half = max(images // 2, 1)
         # nearly all images in the test split, whose folder is a gallery and whose text file holds queries
         synth.generate(work / "raw", vehicles=int(half / 0.9) + 1, pedestrians=int(half / 0.9) + 1, seed=0,
@@ -116,7 +116,7 @@ def main() -> int:
 def run(args, work: Path) -> int:
     gallery, queries, checkpoint = make_workdir(work, args.images, args.gallery)
     clip = models.load_checkpoint(checkpoint)
-    files = batch.gallery_files(gallery)
+    files = retrieve.gallery_files(gallery)
     (work / "files.txt").write_text("\n".join(str(f) for f in files))
     n = len(files)
     print(f"gallery: {n} images from {gallery if args.gallery else 'the synthetic demo generator'}; "
@@ -165,7 +165,7 @@ def run(args, work: Path) -> int:
 
     def call(name: str, cache: str | Path):
         out = work / f"out-{name}"
-        result = batch.run(params, gallery, queries, out, model=str(checkpoint), cache_dir=cache)
+        result = retrieve.run(params, gallery, queries, out, model=str(checkpoint), cache_dir=cache)
         outputs[name] = (out / "submission.json").read_text()
         return result["embedding_cache"]
 
@@ -173,7 +173,7 @@ def run(args, work: Path) -> int:
         shutil.rmtree(cache_dir, ignore_errors=True)
         return call("first", cache_dir)
 
-    calls = {"off": lambda: call("off", batch.CACHE_OFF), "first": first, "second": lambda: call("second", cache_dir)}
+    calls = {"off": lambda: call("off", retrieve.CACHE_OFF), "first": first, "second": lambda: call("second", cache_dir)}
     call_times, states = interleaved(calls, args.rounds)
     ct = {name: median(v) for name, v in call_times.items()}
     same_submissions = outputs["off"] == outputs["first"] == outputs["second"]

@@ -12,7 +12,7 @@ Then, in that workspace, with a private Airflow home (SQLite) and MLflow store:
 2. the DAG runs again with nothing changed (the DVC stages are skipped).
 
 For each DAG run: the wall time of ``dag.test()``, every task's duration (end - start), and every
-command the tasks ran (tasks/orchestration.py ``run``, timed here by wrapping it). A task's *step* is
+command the tasks ran (tasks/orchestration/workspace.py ``run``, timed here by wrapping it). A task's *step* is
 the command that does its work (``dvc repro --single-item STAGE``, ``trafficlip train``, ``trafficlip
 validate/register/promote``); ``dvc status`` and ``dvc commit`` are bookkeeping. Orchestration
 overhead = DAG wall - the steps' seconds (target <= 15 s), split into: between tasks (wall - the sum
@@ -65,14 +65,14 @@ def command_kind(argv: list[str]) -> str:
 
 
 class CommandLog:
-    """Wraps tasks.orchestration.run: every command a task runs, with its start and end."""
+    """Wraps tasks.orchestration.workspace.run: every command a task runs, with its start and end."""
 
     def __init__(self):
         self.records: list[dict] = []
 
     def install(self) -> None:
-        from tasks import orchestration
-        original = orchestration.run
+        from tasks.orchestration import workspace as orch
+        original = orch.run
 
         def timed(args, cwd, what):
             started = time.time()
@@ -80,7 +80,7 @@ class CommandLog:
                 return original(args, cwd, what)
             finally:
                 self.records.append({"argv": [str(a) for a in args], "start": started, "end": time.time()})
-        orchestration.run = timed
+        orch.run = timed
 
 
 def timed_command(argv: list[str], cwd: Path, env: dict) -> float:
@@ -181,7 +181,7 @@ def main() -> int:
 
 
 def run(args, work: Path) -> int:
-    from tasks import synth
+    from tasks.demo import synth
     from tests.conftest import make_workspace, tool_env
     os.environ["AIRFLOW_HOME"] = AIRFLOW_HOME       # importing tests.conftest chose another temporary home
     started = time.perf_counter()

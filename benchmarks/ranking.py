@@ -3,8 +3,8 @@
 N queries x N images, 512-d L2-normalised float32 embeddings (random unit vectors, fixed seed), top-10,
 N in {2000, 10000, 20000}:
 
-- **ours**: ``tasks.search.top_k`` (backend torch): matrix product per 1024 x 8192 block into one
-  buffer, running top-k with a threshold test per group of 64 columns (see tasks/search.py);
+- **ours**: ``tasks.core.topk.top_k`` (backend torch): matrix product per 1024 x 8192 block into one
+  buffer, running top-k with a threshold test per group of 64 columns (see tasks/core/topk.py);
 - **ours, faiss backend**: ``top_k(..., backend="faiss")``: FAISS search, our ordering and tie rule;
 - **FAISS IndexFlatIP**: ``index.add(gallery); index.search(queries, k)`` (faiss-cpu, same threads);
 - **torch.mm alone**: the same N x N x 512 product in the same blocks with no selection: the speed
@@ -40,7 +40,6 @@ extra memory independent of N beyond the embeddings.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -48,10 +47,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from _common import (  # noqa: E402
+    interleaved,
+    machine,
+    measure_here,
+    measure_in_subprocess,
+    median,
+    report_measurement,
+    seconds,
+    verdict,
+)
 
-from _common import (interleaved, machine, measure_here, measure_in_subprocess, median,  # noqa: E402
-                     report_measurement, seconds, verdict)
-from tasks import search  # noqa: E402
+from tasks.core import topk  # noqa: E402
 
 METHODS = ("ours", "ours_faiss", "faiss", "product", "matmul", "reference")
 LABELS = {"ours": "ours (torch)", "ours_faiss": "ours, faiss backend", "faiss": "FAISS IndexFlatIP",
@@ -61,15 +68,15 @@ TIE_TOLERANCE = 1e-5
 
 def embeddings(n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return search.normalise(torch.randn(n, dim, generator=g)), search.normalise(torch.randn(n, dim, generator=g))
+    return topk.normalise(torch.randn(n, dim, generator=g)), topk.normalise(torch.randn(n, dim, generator=g))
 
 
 def ours(queries, gallery, k):
-    return search.top_k(queries, gallery, k, backend="torch")
+    return topk.top_k(queries, gallery, k, backend="torch")
 
 
 def ours_faiss(queries, gallery, k):
-    return search.top_k(queries, gallery, k, backend="faiss")
+    return topk.top_k(queries, gallery, k, backend="faiss")
 
 
 def faiss_flat(queries, gallery, k):
@@ -83,7 +90,7 @@ def faiss_flat(queries, gallery, k):
 
 def matmul_only(queries, gallery, k):
     """Plain torch.mm of the same product, in the same blocks, into one buffer, nothing selected."""
-    qc, gc = search.QUERY_CHUNK, search.GALLERY_CHUNK
+    qc, gc = topk.QUERY_CHUNK, topk.GALLERY_CHUNK
     buffer = torch.empty(min(qc, len(queries)) * min(gc, len(gallery)))
     with torch.inference_mode():
         for q0 in range(0, len(queries), qc):
@@ -96,9 +103,9 @@ def matmul_only(queries, gallery, k):
 
 
 def product_only(queries, gallery, k):
-    """The score blocks ours computes (tasks.search: oneDNN on a CPU where it works), nothing selected."""
+    """The score blocks ours computes (tasks.core.topk: oneDNN on a CPU where it works), nothing selected."""
     with torch.inference_mode():
-        for block in search.iter_blocks(queries, gallery):
+        for block in topk.iter_blocks(queries, gallery):
             del block           # as ours does: one block alive at a time
     return None
 
@@ -244,8 +251,8 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     args.largest = max(sizes)
     print(f"machine: {machine()}")
-    print(f"embeddings: random unit vectors (seed {args.seed}); ours: query_chunk {search.QUERY_CHUNK}, "
-          f"gallery_chunk {search.GALLERY_CHUNK}, product by {'oneDNN' if search._onednn() else 'torch.mm'}; "
+    print(f"embeddings: random unit vectors (seed {args.seed}); ours: query_chunk {topk.QUERY_CHUNK}, "
+          f"gallery_chunk {topk.GALLERY_CHUNK}, product by {'oneDNN' if topk._onednn() else 'torch.mm'}; "
           f"reference batch {args.reference_batch}")
     print("GFLOP/s: 2 N^2 d over a method's best round; 'of mm': that as a fraction of plain torch.mm's best on "
           "the same blocks (its peak here); times and ratios: medians")
@@ -284,7 +291,7 @@ def main() -> int:
     if memory:
         # One score block, oneDNN's packed copy of a gallery block and the merge's temporaries, plus
         # allocator slack: a fixed bound, whatever N is (the returned lists, N x k, come on top).
-        block_mb = search.QUERY_CHUNK * search.GALLERY_CHUNK * 4 / 2 ** 20
+        block_mb = topk.QUERY_CHUNK * topk.GALLERY_CHUNK * 4 / 2 ** 20
         peaks = {n: memory[("ours", n)]["peak_extra_mb"] for n in sizes}
         outputs = {n: n * args.k * 12 / 2 ** 20 for n in sizes}
         bounded = all(peaks[n] <= 4 * block_mb + outputs[n] for n in sizes)

@@ -152,7 +152,7 @@ def main() -> int:
             print(f"   {line}", flush=True)
         print(f"   {result['status']} in {result['seconds']:.0f} s", flush=True)
     total = time.perf_counter() - t0
-    from tasks.atomic import write_text
+    from tasks.core.atomic import write_text
     write_text(args.out, markdown(results, started, total))
     print(f"wrote {args.out} ({total / 60:.1f} min)")
     return 0 if all(r["status"] in ("ok", "skipped") for r in results.values()) else 1

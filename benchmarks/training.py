@@ -40,9 +40,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from tasks import models, params as params_mod, prepare, synth, train  # noqa: E402
-from tasks.atomic import read_json  # noqa: E402
-from tasks.labels import images_dir, resolve_image  # noqa: E402
+from tasks.core import models  # noqa: E402
+from tasks.core import params as params_mod  # noqa: E402
+from tasks.core.atomic import read_json  # noqa: E402
+from tasks.core.labels import images_dir, resolve_image  # noqa: E402
+from tasks.demo import synth  # noqa: E402
+from tasks.steps import (
+    prepare,  # noqa: E402
+    train,  # noqa: E402
+)
 
 
 def make_data(root: Path, pairs: int, model: str) -> tuple[Path, Path, Path]:

@@ -13,12 +13,13 @@ without this DAG: `POST /api/v2/assets/events` with the asset's id (README, "Dat
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import DAG, Asset, Param, task
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException
 
-from tasks import orchestration as orch
+from tasks.orchestration import dag_defaults as shared
+from tasks.orchestration import workspace as orch
 
 RAW_DATA = Asset(**orch.RAW_DATA_ASSET)
 
@@ -30,25 +31,21 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    tags=["trafficlip", "data", "dvc"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
-                  "execution_timeout": timedelta(hours=2)},
+    tags=[shared.TAG, "data", "dvc"],
+    default_args=shared.default_args(),
     params={
         "source": Param("", type="string", minLength=1, maxLength=1000, title="Dataset folder",
                         description="Absolute path, on the workers, of a dataset in the challenge's format.",
                         section="Data"),
-        "on_error": Param("fail", type="string", enum=["fail", "quarantine"], title="On a bad line or image",
-                          description="fail refuses the dataset; quarantine accepts it and the report lists them.",
-                          section="Data"),
+        "on_error": shared.form_field("data.on_error", "fail", title="On a bad line or image", section="Data",
+                                      description="fail refuses the dataset; quarantine accepts it and the "
+                                                  "report lists them."),
     },
 ) as dag:
 
     @task(pool=orch.DVC_POOL, outlets=[RAW_DATA])
     def ingest(params: dict | None = None) -> dict:
-        try:
-            result = orch.ingest(orch.workspace(), params["source"], params["on_error"])
-        except orch.UserError as exc:
-            raise AirflowFailException(str(exc)) from None
+        result = shared.guard(orch.ingest, orch.workspace(), params["source"], params["on_error"])
         if not result["changed"]:
             raise AirflowSkipException(f"{params['source']}: same content as the tracked data/raw "
                                        f"(md5 {result['data_md5']}); nothing to retrain")

@@ -13,9 +13,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, task
-from airflow.sdk.exceptions import AirflowFailException
 
-from tasks import orchestration as orch
+from tasks.orchestration import dag_defaults as shared
+from tasks.orchestration import workspace as orch
 
 with DAG(
     dag_id="trafficlip_retrieval",
@@ -24,9 +24,8 @@ with DAG(
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    tags=["trafficlip", "retrieval", "mlflow"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
-                  "execution_timeout": timedelta(hours=6)},
+    tags=[shared.TAG, "retrieval", "mlflow"],
+    default_args=shared.default_args(execution_timeout=timedelta(hours=6)),
     params={
         "gallery": Param("", type="string", minLength=1, maxLength=1000, title="Gallery folder",
                          description="Absolute path of a folder of images (jpg, png, ...) on the workers.",
@@ -36,7 +35,8 @@ with DAG(
         "output": Param("", type="string", minLength=1, maxLength=1000, title="Output folder",
                         description="Where submission.json, gallery.png and retrieval_report.json go.",
                         section="Output"),
-        "model": Param("", type="string", maxLength=1000, title="Model",
+        # null: an empty field (a Param whose type has no null is a required field)
+        "model": Param("", type=["null", "string"], maxLength=1000, title="Model",
                        description="Empty: the registry's @champion. Or models:/NAME/VERSION, models:/NAME@ALIAS, "
                                    "or a local checkpoint folder.", section="Model"),
     },
@@ -47,9 +47,6 @@ with DAG(
         args = ["retrieve", "--gallery", params["gallery"], "--queries", params["queries"], "--out", params["output"]]
         if params["model"]:
             args += ["--model", params["model"]]
-        try:
-            return orch.cli(args, orch.workspace(), "trafficlip retrieve")
-        except orch.UserError as exc:
-            raise AirflowFailException(str(exc)) from None
+        return shared.guard(orch.cli, args, orch.workspace(), "trafficlip retrieve")
 
     retrieve()

@@ -1,5 +1,5 @@
 # The GPU training image: the `trafficlip` CLI on a CUDA runtime, run by the training DAG's `docker` runner
-# (tasks/runners.py, DockerOperator) and `kubernetes` runner (KubernetesPodOperator), or by hand.
+# (tasks/orchestration/runners.py, DockerOperator) and `kubernetes` runner (KubernetesPodOperator), or by hand.
 #
 #   docker build -f docker/train.Dockerfile -t trafficlip-train:0.1.0 .
 #

@@ -1,0 +1,49 @@
+"""The `trafficlip` command (also `python -m tasks`): one subcommand per pipeline step.
+
+The parser is tasks/cli/parser.py, the commands tasks/cli/commands.py. Errors follow
+tasks/core/errors.py: a user's mistake is one line on stderr and exit 2, a failing service (or any
+other project error) exit 75 so that an orchestrator retries it; a bug is exit 3, with its traceback
+only when TRAFFICLIP_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from tasks.core.errors import SERVICE_EXIT, USER_EXIT, TrafficlipError, exit_status
+
+
+def _is_mlflow_error(exc: Exception) -> bool:
+    """A failure the MLflow server reported (permissions, limits, lost connection): not a bug here."""
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")
+    return mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tasks.cli.parser import build_parser
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TrafficlipError as exc:
+        print(f"trafficlip {args.command}: error: {exc}", file=sys.stderr)
+        return exit_status(exc)
+    except KeyboardInterrupt:
+        print(f"trafficlip {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if _is_mlflow_error(exc):
+            from tasks.mlops.tracking import error_text, shown_uri, tracking_uri
+            text = error_text(exc)
+            print(f"trafficlip {args.command}: error: MLflow at {shown_uri(tracking_uri())}: {text}",
+                  file=sys.stderr)
+            # a failing or unreachable server is worth a retry; a refused request is not
+            transient = text.startswith(("HTTP 5", "connection", "no answer", "host name"))
+            return SERVICE_EXIT if transient else USER_EXIT
+        # a bug: say so plainly, keep the traceback for those who ask
+        if os.environ.get("TRAFFICLIP_DEBUG"):
+            traceback.print_exc()
+        print(f"trafficlip {args.command}: internal error: {type(exc).__name__}: {exc} "
+              "(set TRAFFICLIP_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 3

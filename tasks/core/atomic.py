@@ -1,0 +1,215 @@
+"""Atomic output: every file is written to a temporary name beside its target, then renamed.
+
+A crash never leaves a half-written file under the final name, so no later step can read one.
+A folder (a checkpoint) is swapped in whole: on Linux in one step (``renameat2`` with
+``RENAME_EXCHANGE``), elsewhere by two renames. A write that fails for want of space, quota or
+permission is a :class:`~tasks.errors.TrafficlipError` naming the target and saying that its previous
+version is unchanged; the temporary is removed. Outputs get the permissions of a plain ``open()``
+(0666 less the umask), not the 0600 of a temporary file, so another user (a container, the Airflow
+worker) can read them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+# errors of the file system, not of the program: reported as one line, the previous output kept
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EIO}
+_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")     # how Rust libraries (safetensors) report them
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_errno(exc: BaseException) -> int | None:
+    """The errno of a file-system write failure (an OSError, or a library error quoting one), else None."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None and not isinstance(exc, OSError):
+        match = _OS_ERROR_IN_TEXT.search(str(exc))
+        code = int(match.group(1)) if match else None
+    return code if code in WRITE_ERRORS else None
+
+
+def _raise_write_failed(target: Path, exc: Exception, existed: bool):
+    """Re-raise ``exc`` as one line naming ``target`` if it is a file-system write failure; else as it is."""
+    code = write_errno(exc)
+    if code is None:
+        raise exc
+    from tasks.core.errors import UserError
+    kept = "its previous version is unchanged" if existed else "nothing was written under that name"
+    raise UserError(f"{target}: cannot write it: {os.strerror(code)} (errno {errno.errorcode.get(code, code)}); "
+                          f"{kept}") from None
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: not every file system lets a folder be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` if the block succeeds."""
+    target = Path(target)
+    existed = target.exists()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    except OSError as exc:
+        _raise_write_failed(target, exc, existed)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, target)
+        except Exception as exc:
+            _raise_write_failed(target, exc, existed)
+        _fsync_dir(target.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(target: str | Path, text: str) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+def write_bytes(target: str | Path, data: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def write_json(target: str | Path, obj) -> Path:
+    return write_text(target, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder next to ``target``; swap it in for ``target`` if the block succeeds.
+
+    Readers see the old folder or the new one, complete: the two are exchanged in one step where the
+    system can (Linux); elsewhere the old folder is moved aside first and removed only after the new
+    one is in place.
+    """
+    target = Path(target)
+    existed = target.exists()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        _raise_write_failed(target, exc, existed)
+    try:
+        try:
+            yield tmp
+            os.chmod(tmp, 0o777 & ~_umask())
+            for item in tmp.rglob("*"):
+                if item.is_file():
+                    with open(item, "rb") as handle:
+                        os.fsync(handle.fileno())
+            if not target.exists():
+                os.replace(tmp, target)
+            elif not _exchange(tmp, target):
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            # after an exchange, tmp holds the old folder: removed below
+        except Exception as exc:
+            _raise_write_failed(target, exc, existed)
+        _fsync_dir(target.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: str | Path, name_glob: str = "*") -> list[str]:
+    """Remove the temporaries that writers killed mid-way left in ``folder`` (``.NAME.*.tmp`` and
+    ``.NAME.old-PID``) for names matching ``name_glob``. Only for a folder with one writer (a training
+    run's output folder): another writer's temporary would be removed under it."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for pattern in (f".{name_glob}.*.tmp", f".{name_glob}.old-*"):
+        for item in folder.glob(pattern):
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item, ignore_errors=True)
+            else:
+                item.unlink(missing_ok=True)
+            removed.append(item.name)
+    return sorted(removed)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json(path: str | Path, produced_by: str = ""):
+    """Read a JSON file another step wrote; a missing or broken one is a clear TrafficlipError."""
+    from tasks.core.errors import UserError
+    path = Path(path)
+    hint = f"; run `{produced_by}` first" if produced_by else ""
+    if not path.is_file():
+        raise UserError(f"{path}: not found{hint}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}){hint}") from None

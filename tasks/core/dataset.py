@@ -1,0 +1,171 @@
+"""Checking a dataset in the challenge's layout: every label line kept or quarantined with its file,
+line, field and reason, every image referenced decoded once (padded and resized when a size is given).
+
+``enforce`` applies ``data.on_error``: ``fail`` stops (the report is written first), ``quarantine`` goes
+on without the bad rows. Always: input rows = kept + quarantined. Used by the `validate` and `prepare`
+steps and by the ingest DAG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tasks.core import labels
+from tasks.core.atomic import write_json
+from tasks.core.errors import InputError, UserError
+from tasks.core.images import load_image, prepare_image
+from tasks.core.labels import IMAGE_EXTENSIONS, Query, Record, Vocabulary
+
+ON_ERROR = ("fail", "quarantine")
+
+
+@dataclass
+class SplitScan:
+    records: list[Record] = field(default_factory=list)
+    image_paths: list[str] = field(default_factory=list)       # unique decoded images, in first-seen order
+    image_arrays: list[np.ndarray] = field(default_factory=list)
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)   # original (width, height)
+    queries: list[Query] = field(default_factory=list)          # test split only
+
+
+@dataclass
+class Scan:
+    root: Path
+    report: dict
+    splits: dict[str, SplitScan]
+    vocabulary: Vocabulary
+
+    @property
+    def ok(self) -> bool:
+        return not self.report["rejected"]
+
+
+def _decode(root: Path, relative: str, size: int | None) -> tuple[np.ndarray | None, tuple[int, int]]:
+    """The prepared array (when ``size`` is given) and the original (width, height)."""
+    image = load_image(root / relative)
+    return (prepare_image(image, size) if size else None), image.size
+
+
+def scan(root: str | Path, *, image_size: int | None = None,
+         progress: Callable | None = None) -> Scan:
+    """Parse labels and decode every referenced image. With ``image_size``, keep the prepared arrays."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "dataset folder not found",
+                         expected="a folder with train/, val/ and test/ in the challenge's layout")
+    rejected: list[dict] = []
+    splits: dict[str, SplitScan] = {}
+    summary: dict[str, dict] = {}
+    for split in labels.SPLITS:
+        parsed = labels.read_split(root, split)
+        for error in parsed.errors:
+            rejected.append({"split": split, "kind": "label", **error.as_dict()})
+        result = SplitScan()
+        bad_images: dict[str, dict] = {}
+        decoded: dict[str, int] = {}
+        items = parsed.records
+        for record in (progress(items, len(items), f"decode {split}") if progress else items):
+            path = record.image_path
+            if path in bad_images:
+                error = bad_images[path]
+            elif path in decoded:
+                error = None
+            else:
+                try:
+                    array, original_size = _decode(root, path, image_size)
+                    decoded[path] = len(result.image_paths)
+                    result.image_paths.append(path)
+                    result.image_sizes.append(original_size)
+                    if array is not None:
+                        result.image_arrays.append(array)
+                    error = None
+                except InputError as exc:
+                    error = bad_images[path] = exc.as_dict()
+            if error is None:
+                result.records.append(record)
+            else:
+                rejected.append({"split": split, "kind": "image", **error, "file": str(parsed.file),
+                                 "line": record.line, "image": path})
+        by_category = {c: sum(r.category == c for r in result.records) for c in labels.CATEGORIES}
+        summary[split] = {"label_file": str(parsed.file), "lines": parsed.lines, "kept": len(result.records),
+                          "quarantined": parsed.lines - len(result.records), "blank_lines": parsed.blank_lines,
+                          "images": len(result.image_paths), "by_category": by_category}
+        splits[split] = result
+    vocabulary = labels.extract_vocabulary(splits["train"].records)
+    splits["test"], summary["test"] = _scan_test(root, image_size, vocabulary, rejected, progress)
+    report = {"data": str(root), "splits": summary, "vocabulary": vocabulary.as_dict(),
+              "rejected": rejected, "problems": len(rejected)}
+    return Scan(root, report, splits, vocabulary)
+
+
+def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejected: list[dict],
+               progress: Callable | None) -> tuple[SplitScan, dict]:
+    result = SplitScan()
+    text_file = root / "test" / "test_text.txt"
+    image_dir = root / "test" / "test_images"
+    summary = {"query_file": str(text_file), "images_dir": str(image_dir)}
+    if not text_file.exists() and not image_dir.exists():
+        summary.update(present=False)
+        return result, summary
+    if text_file.exists() and labels.outside_root(text_file, root):
+        raise InputError(text_file, f"a link to {text_file.resolve()}, outside the dataset root {root}",
+                         expected="the query file inside the dataset root")
+    queries, errors = labels.read_queries(text_file, vocabulary)
+    for error in errors:
+        rejected.append({"split": "test", "kind": "query", **error.as_dict()})
+    result.queries = queries
+    files = sorted(p for p in image_dir.iterdir() if p.is_file()) if image_dir.is_dir() else []
+    if not image_dir.is_dir():
+        rejected.append({"split": "test", "kind": "image", "file": str(image_dir), "line": None,
+                         "field": "image", "reason": "test image folder not found", "expected": "test/test_images/"})
+    quarantined = 0
+    for path in (progress(files, len(files), "decode test") if progress else files):
+        relative = path.relative_to(root).as_posix()
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            error = InputError(path, "not an image file name", field="image",
+                               expected="one of " + " ".join(IMAGE_EXTENSIONS)).as_dict()
+        elif labels.outside_root(path, root):
+            error = InputError(path, f"a link to {path.resolve()}, outside the dataset root {root}", field="image",
+                               expected="image files inside the dataset root").as_dict()
+        else:
+            try:
+                array, original_size = _decode(root, relative, image_size)
+                result.image_paths.append(relative)
+                result.image_sizes.append(original_size)
+                if array is not None:
+                    result.image_arrays.append(array)
+                continue
+            except InputError as exc:
+                error = exc.as_dict()
+        quarantined += 1
+        rejected.append({"split": "test", "kind": "image", **error, "image": relative})
+    uncategorised = [{"line": q.line, "text": q.text} for q in queries if q.category is None]
+    summary.update(present=True, queries=len(queries), query_lines_rejected=len(errors),
+                   image_files=len(files), images=len(result.image_paths), quarantined_images=quarantined,
+                   queries_by_category={c: sum(q.category == c for q in queries) for c in labels.CATEGORIES},
+                   uncategorised_queries=uncategorised)
+    return result, summary
+
+
+def enforce(scan_result: Scan, on_error: str, report_path: str | Path | None) -> None:
+    """Write the report; with on_error=fail and any problem, stop with a clear error."""
+    if on_error not in ON_ERROR:
+        raise UserError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    scan_result.report["on_error"] = on_error
+    scan_result.report["ok"] = scan_result.ok
+    if report_path:
+        write_json(report_path, scan_result.report)
+    if on_error == "fail" and not scan_result.ok:
+        first = scan_result.report["rejected"][0]
+        where = f"{first['file']}:{first['line']}" if first.get("line") else first["file"]
+        raise UserError(
+            f"validation failed with {len(scan_result.report['rejected'])} problem(s); first: {where}: "
+            f"{first.get('field') or ''} {first['reason']}"
+            + (f"; full list in {report_path}" if report_path else "")
+            + " (set data.on_error: quarantine to continue without them)")
+
+

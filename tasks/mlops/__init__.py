@@ -1,0 +1,3 @@
+"""MLflow: tracking runs, the model registry (register, promote, roll back) and the pyfunc model.
+
+Imports ``tasks.core`` only."""

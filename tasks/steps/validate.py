@@ -1,0 +1,19 @@
+"""Step `validate`: check a dataset in the challenge's layout and write a validation report.
+
+Every label line is either kept or quarantined with its file, line, field and reason; every image
+referenced is decoded once (tasks/core/dataset.py). ``on_error: fail`` stops (exit non-zero, report
+written); ``quarantine`` goes on without the bad rows. Always: input rows = kept + quarantined.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.core.dataset import enforce, scan
+
+
+def run(data: str | Path, on_error: str = "quarantine", report: str | Path | None = None) -> dict:
+    """Validate ``data``; returns the report. Raises TrafficlipError when on_error=fail finds problems."""
+    result = scan(data)
+    enforce(result, on_error, report)
+    return result.report

@@ -1,0 +1,1 @@
+"""Tests of tasks/cli/: one file per module."""

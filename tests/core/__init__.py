@@ -1,0 +1,1 @@
+"""Tests of tasks/core/: one file per module."""

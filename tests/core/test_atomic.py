@@ -1,0 +1,101 @@
+"""Atomic outputs (tasks/core/atomic.py): a writer killed mid-write leaves the previous file or folder
+intact, a folder is swapped whole while it is read, and outputs get a plain open's permissions.
+(Reliability item 2, docs/reliability.md; the scan that every output goes through here, and training
+killed mid-run: tests/system/test_reliability_crash.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from tasks.core import atomic
+from tests.support import ROOT, procs
+from tests.support.workspace import tool_env
+
+KILLED_WRITER = textwrap.dedent("""
+    import pathlib, sys, time
+    from tasks.core.atomic import atomic_dir, atomic_path
+    target, ready = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+    with (atomic_dir(target) if sys.argv[3] == "dir" else atomic_path(target)) as tmp:
+        path = tmp / "open_clip_model.safetensors" if sys.argv[3] == "dir" else tmp
+        with open(path, "wb") as handle:
+            handle.write(b"new, half written")
+            handle.flush()
+            ready.touch()
+            time.sleep(120)
+""")
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_a_writer_killed_mid_write_leaves_the_previous_output_intact(tmp_path, kind):
+    target = tmp_path / ("submission.json" if kind == "file" else "model")
+    if kind == "file":
+        target.write_text("old, complete")
+    else:
+        target.mkdir()
+        (target / "open_clip_model.safetensors").write_text("old, complete")
+    ready = tmp_path / "ready"
+    process = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target), str(ready), kind], cwd=ROOT,
+                               env=tool_env())
+    try:
+        while not ready.exists():
+            assert process.poll() is None, "the writer died before writing"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        procs.kill(process)
+    content = target / "open_clip_model.safetensors" if kind == "dir" else target
+    assert content.read_text() == "old, complete"
+    leftovers = atomic.remove_stale_temporaries(tmp_path, target.name)
+    assert len(leftovers) == 1 and leftovers[0].startswith(f".{target.name}.") and leftovers[0].endswith(".tmp")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, "ready"])
+
+
+def test_a_folder_is_swapped_whole_while_it_is_being_read(tmp_path):
+    """A reader looking up a checkpoint folder while it is replaced 200 times always finds it (Linux: one
+    renameat2(RENAME_EXCHANGE), not two renames with a moment between them when the name is free).
+    (A reader that resolved the old folder just before a swap can still see it being removed.)"""
+    target = tmp_path / "model"
+    with atomic.atomic_dir(target) as tmp:
+        for name in ("config.json", "weights.safetensors"):
+            (tmp / name).write_text("0")
+    seen, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            seen.append(target.is_dir())
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for version in range(1, 201):
+            with atomic.atomic_dir(target) as tmp:
+                for name in ("config.json", "weights.safetensors"):
+                    (tmp / name).write_text(str(version))
+    finally:
+        stop.set()
+        thread.join()
+    assert len(seen) > 200 and set(seen) == {True}
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"config.json": "200", "weights.safetensors": "200"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_outputs_get_the_permissions_of_a_plain_open(tmp_path):
+    """Not the 0600 / 0700 of a temporary: a container or the Airflow worker running as another user
+    can read what a step wrote."""
+    mask = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "report.json", "{}")
+        with atomic.atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "weights.safetensors").write_bytes(b"x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755

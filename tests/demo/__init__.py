@@ -1,0 +1,1 @@
+"""Tests of tasks/demo/: one file per module."""

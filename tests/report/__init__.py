@@ -1,0 +1,1 @@
+"""Tests of tasks/report/: one file per module."""

@@ -1,0 +1,1 @@
+"""Tests of tasks/serving/: one file per module."""

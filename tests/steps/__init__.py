@@ -1,0 +1,1 @@
+"""Tests of tasks/steps/: one file per step."""
