@@ -139,3 +139,9 @@ def machine() -> str:
 
 def verdict(met: bool) -> str:
     return "MET" if met else "MISSED"
+
+
+def section_markers(script: str) -> tuple[str, str]:
+    """The lines around a results.md section that a benchmark outside `make bench` writes itself
+    (``run_all.SEPARATE``); `make bench` rewrites the file but keeps such a section as it was."""
+    return (f"<!-- {script}: written by its own make target; `make bench` keeps it -->", f"<!-- end of {script} -->")

@@ -6,6 +6,10 @@ into the markdown next to the date, the machine (cores, CPU model, memory, load)
 The lines that carry a benchmark's verdict (ratios, ``MET``/``MISSED`` targets, same-answer checks)
 are also collected into a summary at the top.
 
+A benchmark in ``SEPARATE`` (``scale.py``: tens of minutes) runs only when named in ``--only``; it
+has its own make target, which writes its own section of results.md, and ``make bench`` keeps that
+section as it was when it rewrites the file.
+
 A benchmark that needs something ``make bench`` does not build is skipped with the reason printed
 (``NEEDS``: the augmentation benchmark needs the trained demo model and its prepared data, which
 ``make run`` writes). A benchmark that fails or runs past ``--timeout`` is reported as such, and the
@@ -30,7 +34,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from _common import cpu_model  # noqa: E402
+from _common import cpu_model, section_markers  # noqa: E402
 
 # benchmark -> (files it needs, relative to the project root, and why)
 NEEDS = {
@@ -43,6 +47,10 @@ NEEDS = {
 ARGS = {
     "augment.py": ["--images", "50"],     # the reference takes ~2 s per image (200 by default: ~7 min)
 }
+# benchmarks left out of `make bench` (run them with their own make target, or --only NAME)
+SEPARATE = {
+    "scale.py": "`make bench-scale`: prepare and training memory at 1,000 to 20,000 images, ~25 min on 2 cores",
+}
 # lines worth a summary: ratios, targets and their verdicts, agreement checks, overheads
 VERDICT = re.compile(r"\b[Rr]atios?\b|\bMET\b|\bMISSED\b|[Ss]ame (answers?|choices|embeddings|submissions)\b[^|]*:"
                      r"|\bfaster\b|overhead =")
@@ -52,8 +60,18 @@ def scripts(only: list[str] | None) -> list[Path]:
     found = sorted(p for p in HERE.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_"))
     if only:
         wanted = {name if name.endswith(".py") else f"{name}.py" for name in only}
-        found = [p for p in found if p.name in wanted]
-    return found
+        return [p for p in found if p.name in wanted]
+    return [p for p in found if p.name not in SEPARATE]
+
+
+def kept_sections(old: str, ran: set[str]) -> list[str]:
+    """The sections of results.md that benchmarks outside `make bench` wrote (and did not run now)."""
+    kept = []
+    for name in SEPARATE:
+        start, end = section_markers(name)
+        if name not in ran and start in old and end in old.split(start, 1)[1]:
+            kept.append(start + old.split(start, 1)[1].split(end, 1)[0] + end)
+    return kept
 
 
 def machine_line() -> str:
@@ -118,6 +136,9 @@ def markdown(results: dict[str, dict], started: dt.datetime, total: float) -> st
             lines.append("")
             lines += [f"- {line}" for line in picked]
             lines.append("")
+    not_run = [f"`{name}` ({why})" for name, why in SEPARATE.items() if name not in results]
+    if not_run:
+        lines += ["", "Not part of `make bench`: " + "; ".join(not_run) + ". Its section, if any, is at the end."]
     for name, r in results.items():
         lines += ["", f"## {name}", ""]
         if r["status"] == "skipped":
@@ -153,7 +174,9 @@ def main() -> int:
         print(f"   {result['status']} in {result['seconds']:.0f} s", flush=True)
     total = time.perf_counter() - t0
     from tasks.core.atomic import write_text
-    write_text(args.out, markdown(results, started, total))
+    old = Path(args.out).read_text() if Path(args.out).is_file() else ""
+    kept = kept_sections(old, set(results))
+    write_text(args.out, markdown(results, started, total) + "".join(f"\n{section}\n" for section in kept))
     print(f"wrote {args.out} ({total / 60:.1f} min)")
     return 0 if all(r["status"] in ("ok", "skipped") for r in results.values()) else 1
 

@@ -30,6 +30,7 @@ with DAG(
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    is_paused_upon_creation=shared.PAUSED_UPON_CREATION,
     max_active_runs=1,
     tags=[shared.TAG, "data", "dvc"],
     default_args=shared.default_args(),

@@ -23,6 +23,7 @@ with DAG(
     doc_md=__doc__,
     schedule=None,
     start_date=datetime(2026, 1, 1),
+    is_paused_upon_creation=shared.PAUSED_UPON_CREATION,
     catchup=False,
     tags=[shared.TAG, "retrieval", "mlflow"],
     default_args=shared.default_args(execution_timeout=timedelta(hours=6)),

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from tasks.core import paths
@@ -58,13 +58,15 @@ def _field(name: str, title: str, section: str, **extra):
 
 with DAG(
     dag_id="trafficlip_training",
-    description="Fine-tune CLIP for traffic text-to-image retrieval; register and promote it in MLflow",
+    description="Fine-tune CLIP for traffic retrieval; register and promote it in MLflow. Runs Sundays 03:00 UTC "
+                "and when data/raw changes (asset trafficlip-raw-data)",
     doc_md=__doc__,
     # run_immediately=0: unpausing waits for the next Sunday instead of starting a run for the last one
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 0", timezone="UTC",
                                                                 run_immediately=timedelta(0)),
                                  assets=[RAW_DATA]),
     catchup=False,
+    is_paused_upon_creation=shared.PAUSED_UPON_CREATION,
     max_active_runs=1,
     tags=[shared.TAG, "training", "mlflow", "dvc"],
     default_args=shared.default_args(),
@@ -132,10 +134,6 @@ with DAG(
         shared.guard(orch.run, runners.train_command(root, 0), root, "trafficlip train")
         return {"runner": "local", "summary": paths.TRAIN_SUMMARY}
 
-    common = {"trigger_rule": NONE_FAILED, "execution_timeout": timedelta(hours=24)}
-    train_docker = runners.docker_operator(SETTINGS, orch.workspace_path(), task_id="train_docker", **common)
-    train_kubernetes = runners.kubernetes_operator(SETTINGS, orch.workspace_path(), task_id="train_kubernetes",
-                                                   **common)
 
     @task(pool=orch.DVC_POOL, trigger_rule=NONE_FAILED)
     def record_train() -> dict:
@@ -172,12 +170,23 @@ with DAG(
     def restore_params() -> dict:
         return orch.restore_params(orch.workspace())
 
-    runner_tasks = [train_local(), train_docker, train_kubernetes]
-    chosen = choose_runner()
-    chosen >> runner_tasks
-    recorded = record_train()
-    runner_tasks >> recorded
+    # the graph, in groups (task ids stay plain: the group is only how the UI folds them)
     configured = configure()
-    configured >> validate() >> prepare() >> augment() >> chosen
-    recorded >> evaluate() >> register() >> promote() >> predict() >> report() >> restore_params().as_teardown(
-        setups=configured)
+    with TaskGroup("data", prefix_group_id=False,
+                   tooltip="validate data/raw, decode it once, complete captions (DVC stages)") as data:
+        validate() >> prepare() >> augment()
+    with TaskGroup("training", prefix_group_id=False,
+                   tooltip="train on the chosen runner, record the model in dvc.lock") as training:
+        common = {"trigger_rule": NONE_FAILED, "execution_timeout": timedelta(hours=24)}
+        runner_tasks = [
+            train_local(),
+            runners.docker_operator(SETTINGS, orch.workspace_path(), task_id="train_docker", **common),
+            runners.kubernetes_operator(SETTINGS, orch.workspace_path(), task_id="train_kubernetes", **common),
+        ]
+        choose_runner() >> runner_tasks >> record_train()
+    with TaskGroup("registry", prefix_group_id=False,
+                   tooltip="evaluate on the validation split, register once, promote through the gate") as model:
+        evaluate() >> register() >> promote()
+    with TaskGroup("delivery", prefix_group_id=False, tooltip="the test submission and the run's summary") as delivery:
+        predict() >> report()
+    configured >> data >> training >> model >> delivery >> restore_params().as_teardown(setups=configured)

@@ -1,33 +1,37 @@
 """Checking a dataset in the challenge's layout: every label line kept or quarantined with its file,
 line, field and reason, every image referenced decoded once (padded and resized when a size is given).
 
-``enforce`` applies ``data.on_error``: ``fail`` stops (the report is written first), ``quarantine`` goes
-on without the bad rows. Always: input rows = kept + quarantined. Used by the `validate` and `prepare`
-steps and by the ingest DAG.
+``scan`` streams: each split's images are decoded in order (on ``workers`` processes:
+tasks/core/decode.py) and each prepared array goes to ``sink(split, array)`` as it comes, never into
+a list, so scanning holds the labels and each image's name and original size, not its pixels: memory
+does not grow with the images' size or number. ``enforce`` applies ``data.on_error``: ``fail`` stops
+(the report is written first), ``quarantine`` goes on without the bad rows. Always: input rows = kept
++ quarantined. Used by the `validate` and `prepare` steps and by the ingest DAG.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from tasks.core import labels
 from tasks.core.atomic import write_json
+from tasks.core.decode import Decoded, Decoder
 from tasks.core.errors import InputError, UserError
-from tasks.core.images import load_image, prepare_image
 from tasks.core.labels import IMAGE_EXTENSIONS, Query, Record, Vocabulary
 
 ON_ERROR = ("fail", "quarantine")
+
+Sink = Callable[[str, np.ndarray], None]     # (split, prepared uint8 [S, S, 3] image), in cache order
 
 
 @dataclass
 class SplitScan:
     records: list[Record] = field(default_factory=list)
     image_paths: list[str] = field(default_factory=list)       # unique decoded images, in first-seen order
-    image_arrays: list[np.ndarray] = field(default_factory=list)
     image_sizes: list[tuple[int, int]] = field(default_factory=list)   # original (width, height)
     queries: list[Query] = field(default_factory=list)          # test split only
 
@@ -44,66 +48,75 @@ class Scan:
         return not self.report["rejected"]
 
 
-def _decode(root: Path, relative: str, size: int | None) -> tuple[np.ndarray | None, tuple[int, int]]:
-    """The prepared array (when ``size`` is given) and the original (width, height)."""
-    image = load_image(root / relative)
-    return (prepare_image(image, size) if size else None), image.size
-
-
-def scan(root: str | Path, *, image_size: int | None = None,
+def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None = None, workers: int = 1,
          progress: Callable | None = None) -> Scan:
-    """Parse labels and decode every referenced image. With ``image_size``, keep the prepared arrays."""
+    """Parse labels and decode every referenced image once, on ``workers`` processes (0: every core).
+
+    With ``image_size``, each decoded image is padded, resized and handed to ``sink(split, array)``,
+    in the order of the split's ``image_paths`` (the cache's order); nothing keeps the arrays.
+    """
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "dataset folder not found",
                          expected="a folder with train/, val/ and test/ in the challenge's layout")
+    if sink is not None and not image_size:
+        raise ValueError("a sink needs an image_size")
     rejected: list[dict] = []
     splits: dict[str, SplitScan] = {}
     summary: dict[str, dict] = {}
-    for split in labels.SPLITS:
-        parsed = labels.read_split(root, split)
-        for error in parsed.errors:
-            rejected.append({"split": split, "kind": "label", **error.as_dict()})
-        result = SplitScan()
-        bad_images: dict[str, dict] = {}
-        decoded: dict[str, int] = {}
-        items = parsed.records
-        for record in (progress(items, len(items), f"decode {split}") if progress else items):
-            path = record.image_path
-            if path in bad_images:
-                error = bad_images[path]
-            elif path in decoded:
-                error = None
-            else:
-                try:
-                    array, original_size = _decode(root, path, image_size)
-                    decoded[path] = len(result.image_paths)
-                    result.image_paths.append(path)
-                    result.image_sizes.append(original_size)
-                    if array is not None:
-                        result.image_arrays.append(array)
+    with Decoder(workers) as decoder:
+        for split in labels.SPLITS:
+            parsed = labels.read_split(root, split)
+            for error in parsed.errors:
+                rejected.append({"split": split, "kind": "label", **error.as_dict()})
+            result = SplitScan()
+            bad_images: dict[str, dict] = {}
+            decoded: set[str] = set()
+            items = parsed.records
+            unique = list(dict.fromkeys(record.image_path for record in items))   # first-seen order
+            outcomes = decoder.map((root / path for path in unique), image_size)
+            for record in (progress(items, len(items), f"decode {split}") if progress else items):
+                path = record.image_path
+                if path in bad_images:
+                    error = bad_images[path]
+                elif path in decoded:
                     error = None
-                except InputError as exc:
-                    error = bad_images[path] = exc.as_dict()
-            if error is None:
-                result.records.append(record)
-            else:
-                rejected.append({"split": split, "kind": "image", **error, "file": str(parsed.file),
-                                 "line": record.line, "image": path})
-        by_category = {c: sum(r.category == c for r in result.records) for c in labels.CATEGORIES}
-        summary[split] = {"label_file": str(parsed.file), "lines": parsed.lines, "kept": len(result.records),
-                          "quarantined": parsed.lines - len(result.records), "blank_lines": parsed.blank_lines,
-                          "images": len(result.image_paths), "by_category": by_category}
-        splits[split] = result
-    vocabulary = labels.extract_vocabulary(splits["train"].records)
-    splits["test"], summary["test"] = _scan_test(root, image_size, vocabulary, rejected, progress)
+                else:   # the first record of this image: the next outcome is its own
+                    error = _take(next(outcomes), split, path, result, sink)
+                    if error is None:
+                        decoded.add(path)
+                    else:
+                        bad_images[path] = error
+                if error is None:
+                    result.records.append(record)
+                else:
+                    rejected.append({"split": split, "kind": "image", **error, "file": str(parsed.file),
+                                     "line": record.line, "image": path})
+            by_category = {c: sum(r.category == c for r in result.records) for c in labels.CATEGORIES}
+            summary[split] = {"label_file": str(parsed.file), "lines": parsed.lines, "kept": len(result.records),
+                              "quarantined": parsed.lines - len(result.records), "blank_lines": parsed.blank_lines,
+                              "images": len(result.image_paths), "by_category": by_category}
+            splits[split] = result
+        vocabulary = labels.extract_vocabulary(splits["train"].records)
+        splits["test"], summary["test"] = _scan_test(root, image_size, vocabulary, rejected, progress, decoder, sink)
     report = {"data": str(root), "splits": summary, "vocabulary": vocabulary.as_dict(),
               "rejected": rejected, "problems": len(rejected)}
     return Scan(root, report, splits, vocabulary)
 
 
+def _take(outcome: Decoded, split: str, relative: str, result: SplitScan, sink: Sink | None) -> dict | None:
+    """Record one decoded image (its name and original size; its array to the sink); its error if bad."""
+    if outcome.error is not None:
+        return outcome.error
+    result.image_paths.append(relative)
+    result.image_sizes.append(outcome.size)
+    if sink is not None and outcome.array is not None:
+        sink(split, outcome.array)
+    return None
+
+
 def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejected: list[dict],
-               progress: Callable | None) -> tuple[SplitScan, dict]:
+               progress: Callable | None, decoder: Decoder, sink: Sink | None) -> tuple[SplitScan, dict]:
     result = SplitScan()
     text_file = root / "test" / "test_text.txt"
     image_dir = root / "test" / "test_images"
@@ -122,25 +135,15 @@ def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejec
     if not image_dir.is_dir():
         rejected.append({"split": "test", "kind": "image", "file": str(image_dir), "line": None,
                          "field": "image", "reason": "test image folder not found", "expected": "test/test_images/"})
+    # which files are decoded is known before decoding any: the rest are refused by name or place
+    refused = {path: _refusal(path, root) for path in files}
+    outcomes: Iterator[Decoded] = decoder.map((p for p in files if refused[p] is None), image_size)
     quarantined = 0
     for path in (progress(files, len(files), "decode test") if progress else files):
         relative = path.relative_to(root).as_posix()
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            error = InputError(path, "not an image file name", field="image",
-                               expected="one of " + " ".join(IMAGE_EXTENSIONS)).as_dict()
-        elif labels.outside_root(path, root):
-            error = InputError(path, f"a link to {path.resolve()}, outside the dataset root {root}", field="image",
-                               expected="image files inside the dataset root").as_dict()
-        else:
-            try:
-                array, original_size = _decode(root, relative, image_size)
-                result.image_paths.append(relative)
-                result.image_sizes.append(original_size)
-                if array is not None:
-                    result.image_arrays.append(array)
-                continue
-            except InputError as exc:
-                error = exc.as_dict()
+        error = refused[path] or _take(next(outcomes), "test", relative, result, sink)
+        if error is None:
+            continue
         quarantined += 1
         rejected.append({"split": "test", "kind": "image", **error, "image": relative})
     uncategorised = [{"line": q.line, "text": q.text} for q in queries if q.category is None]
@@ -149,6 +152,17 @@ def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejec
                    queries_by_category={c: sum(q.category == c for q in queries) for c in labels.CATEGORIES},
                    uncategorised_queries=uncategorised)
     return result, summary
+
+
+def _refusal(path: Path, root: Path) -> dict | None:
+    """Why a test image file is not decoded at all (its name or where it links to), or None."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return InputError(path, "not an image file name", field="image",
+                          expected="one of " + " ".join(IMAGE_EXTENSIONS)).as_dict()
+    if labels.outside_root(path, root):
+        return InputError(path, f"a link to {path.resolve()}, outside the dataset root {root}", field="image",
+                          expected="image files inside the dataset root").as_dict()
+    return None
 
 
 def enforce(scan_result: Scan, on_error: str, report_path: str | Path | None) -> None:

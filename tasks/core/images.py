@@ -1,108 +1,49 @@
-"""One image loader for every step: decode safely, pad to a square with zeros, resize.
+"""Images for every step: the loader (tasks/core/decode.py), model input, and the decoded-image cache.
 
-Cars are wide and people are tall; squashing them to a square distorts both, so every image is
-zero-padded to a square around its centre and then resized to the model's input size. Training,
-evaluation, prediction and search all use :func:`prepare_image`, so the geometry is identical.
+Decoding, padding to a square and resizing live in tasks/core/decode.py (no torch, so that `prepare`'s
+pool of decoding processes starts light); they are importable from here as ever.
 
-Decoded images are cached once per prepared dataset as uint8 safetensors shards (DVC tracks them),
-so training never decodes a JPEG twice.
+Decoded images are cached once per prepared dataset (``data/prepared/{train,val,test}/``, a DVC output)
+as uint8 safetensors shards, so training never decodes a JPEG twice. The format is safetensors' own:
+an 8-byte little-endian header length, a JSON header (one tensor, ``images``: dtype ``U8``, shape
+``[n, S, S, 3]``, ``data_offsets``), then the rows, one image of S*S*3 bytes after another. Both sides
+stream:
+
+- :class:`ShardWriter` appends each image to the open shard's temporary file as it comes and renames
+  the shard into place when it fills (the index, ``images.json``, last), so writing holds no image
+  in memory; the files are byte-for-byte what ``safetensors.torch.save_file`` writes.
+- :class:`ImageCache` reads only the rows asked for, with positional reads (``os.preadv``) from each
+  shard: nothing is kept between calls but the shards' headers, so a process's resident memory does
+  not grow with the dataset, and every process reading the cache (torchrun's ranks, evaluation) shares
+  one copy of it in the operating system's page cache. The headers are checked before any read (and
+  nothing is ever unpickled): a truncated or foreign shard is a UserError naming the file.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
+import json
+import os
+import struct
 from pathlib import Path
-from typing import Sequence
+from typing import Generator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
-from safetensors.torch import load_file, save_file
 
 from tasks.core.atomic import atomic_path, read_json, write_json
-from tasks.core.errors import InputError
+from tasks.core.decode import (  # noqa: F401  (the loader's names, importable from here as ever)
+    MAX_PADDED_SIDE,
+    MAX_PIXELS,
+    load_image,
+    pad_to_square,
+    prepare_image,
+)
+from tasks.core.errors import UserError
 
-# A decompression bomb (a small file that decodes to gigapixels) is refused before decoding.
-MAX_PIXELS = 40_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-# the side an elongated image is shrunk to before padding when its padded square would exceed MAX_PIXELS
-MAX_PADDED_SIDE = 4096
-
-
-def load_image(path: str | Path | bytes, label: str = "<image bytes>") -> Image.Image:
-    """Decode an image file to RGB, applying its EXIF orientation. Bad files raise InputError.
-
-    ``path`` may also be the encoded bytes of an image (the MLflow model's input); ``label`` then
-    names it in errors.
-    """
-    source = io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else Path(path)
-    path = label if isinstance(source, io.BytesIO) else source
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)     # Pillow's notes on odd metadata ("Corrupt EXIF")
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise InputError(path, f"image is {image.width}x{image.height} pixels", field="image",
-                                     expected=f"at most {MAX_PIXELS} pixels")
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                    rgba = image.convert("RGBA")
-                    background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-                    image = Image.alpha_composite(background, rgba)
-                if image.mode.startswith("I"):  # 16-bit (I;16, I;16B, ...) or 32-bit integer grey
-                    image = _sixteen_bit_to_grey(image)
-                return image.convert("RGB")
-    except InputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(path, f"refused as a decompression bomb ({exc})", field="image",
-                         expected=f"at most {MAX_PIXELS} pixels") from None
-    except FileNotFoundError:
-        raise InputError(path, "image file not found", field="image", expected="an existing image file") from None
-    except Exception as exc:  # a damaged file can make a decoder raise anything (OSError, SyntaxError, struct.error)
-        reason = str(exc).replace(repr(source), str(path)) or type(exc).__name__
-        raise InputError(path, f"cannot decode image: {reason}", field="image",
-                         expected="a readable JPEG/PNG/BMP/WebP file") from None
-
-
-def _sixteen_bit_to_grey(image: Image.Image) -> Image.Image:
-    """16-bit grey to 8-bit by its full range (65535 -> 255), the same scale for every image: a dark
-    16-bit image stays dark. A 32-bit integer image ("I") is read the same way, unless all its values
-    already fit in 0..255 (an 8-bit image stored as I)."""
-    array = np.asarray(image).astype(np.float64)
-    if image.mode.startswith("I;16") or array.max(initial=0) > 255:
-        array = array / 257.0
-    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
-
-
-def pad_to_square(image: Image.Image) -> Image.Image:
-    """Centre the image on a black square whose side is its longer edge."""
-    side = max(image.width, image.height)
-    if image.width == image.height:
-        return image
-    canvas = Image.new("RGB", (side, side), (0, 0, 0))
-    canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-    return canvas
-
-
-def prepare_image(image: Image.Image, size: int) -> np.ndarray:
-    """Pad to a square with zeros, resize to size x size (bicubic); uint8 [size, size, 3].
-
-    An image so elongated that its padded square would exceed MAX_PIXELS (a 100000 x 10 strip is
-    only a megapixel, its square 10 gigapixels) is first shrunk, aspect ratio kept, to a longer side
-    of MAX_PADDED_SIDE, so memory stays bounded; the geometry is the same up to rounding."""
-    side = max(image.width, image.height)
-    if side * side > MAX_PIXELS:
-        scale = MAX_PADDED_SIDE / side
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.BICUBIC, reducing_gap=3.0)
-    square = pad_to_square(image)
-    if square.width != size:
-        square = square.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(square, dtype=np.uint8)
+SHARD_NAME = "images-{:05d}.safetensors"
+TENSOR = "images"               # the one tensor of a shard
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on a header
+_COPY_BLOCK = 1 << 22           # bytes moved at once when a last, short shard's rows move up
 
 
 def to_model_input(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -113,10 +54,84 @@ def to_model_input(batch: torch.Tensor, mean: Sequence[float], std: Sequence[flo
     return (x - mean_t) / std_t
 
 
+# ---------------------------------------------------------------------------------------------
+# The shard format
+# ---------------------------------------------------------------------------------------------
+
+def shard_header(rows: int, size: int) -> bytes:
+    """The first bytes of a shard of ``rows`` images of ``size`` px: exactly what safetensors writes
+    (length, compact JSON, spaces up to a multiple of 8 bytes)."""
+    text = json.dumps({TENSOR: {"dtype": "U8", "shape": [rows, size, size, 3],
+                                "data_offsets": [0, rows * size * size * 3]}}, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def _bad_shard(path: Path, reason: str) -> UserError:
+    return UserError(f"{path}: not a readable image cache shard ({' '.join(reason.split())[:200]}); "
+                     "rerun `trafficlip prepare`")
+
+
+def read_shard_layout(path: Path, rows: int, size: int) -> int:
+    """Check a shard's header against what the index says it holds (``rows`` images of ``size`` px) and
+    the file's length; return where its rows start. Anything else is a UserError naming the file."""
+    try:
+        with open(path, "rb") as handle:
+            length = os.fstat(handle.fileno()).st_size
+            head = handle.read(8)
+            if len(head) < 8:
+                raise _bad_shard(path, f"{length} bytes: shorter than a safetensors header")
+            header_bytes = struct.unpack("<Q", head)[0]
+            if header_bytes > min(MAX_HEADER_BYTES, length - 8):
+                raise _bad_shard(path, f"a header of {header_bytes} bytes in a file of {length}: not safetensors, "
+                                       "or truncated")
+            header = json.loads(handle.read(header_bytes).decode("utf-8"))
+    except FileNotFoundError:
+        raise _bad_shard(path, "file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad_shard(path, f"its header is not JSON: {exc}") from None
+    except OSError as exc:
+        raise _bad_shard(path, f"{type(exc).__name__}: {exc}") from None
+    row_bytes = size * size * 3
+    expected = {"dtype": "U8", "shape": [rows, size, size, 3], "data_offsets": [0, rows * row_bytes]}
+    entry = header.get(TENSOR) if isinstance(header, dict) else None
+    if not isinstance(entry, dict) or set(header) - {TENSOR, "__metadata__"}:
+        names = sorted(header) if isinstance(header, dict) else type(header).__name__
+        raise _bad_shard(path, f"holds {names}, not one tensor {TENSOR!r}")
+    for field, value in expected.items():
+        if entry.get(field) != value:
+            raise _bad_shard(path, f"{TENSOR} {field} is {entry.get(field)!r}, the index says {value!r}")
+    start = 8 + header_bytes
+    if length != start + rows * row_bytes:
+        raise _bad_shard(path, f"{length} bytes, expected {start + rows * row_bytes} (truncated or padded)")
+    return start
+
+
+def _read_into(fd: int, buffer: memoryview, offset: int, path: Path) -> None:
+    """Fill ``buffer`` from ``offset`` of an open file (positional: no shared file position)."""
+    done = 0
+    while done < len(buffer):
+        if hasattr(os, "preadv"):
+            got = os.preadv(fd, [buffer[done:]], offset + done)
+        else:  # pragma: no cover (Windows)
+            os.lseek(fd, offset + done, os.SEEK_SET)
+            got = os.readv(fd, [buffer[done:]])
+        if got <= 0:
+            raise _bad_shard(path, f"ends at byte {offset + done}, before the rows its header promises "
+                                   "(changed since it was opened?)")
+        done += got
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
 class ImageCache:
     """Decoded, padded, resized images of one split, in uint8 safetensors shards.
 
-    ``cache[indices]`` returns uint8 [len(indices), S, S, 3]. Shards are loaded lazily and kept.
+    ``cache[indices]`` returns uint8 [len(indices), S, S, 3] (any order, repeats allowed). Each call
+    reads just those rows from the shards (a run of consecutive indices in one read) into a new tensor;
+    nothing is kept between calls but the shards' headers, checked when the cache is opened.
     """
 
     INDEX = "images.json"
@@ -125,40 +140,69 @@ class ImageCache:
         self.folder = Path(folder)
         index_file = self.folder / self.INDEX
         index = read_json(index_file, "trafficlip prepare")
-        self.size: int = index["image_size"]
-        self.count: int = index["count"]
-        self.shard_size: int = index["shard_size"]
-        self.shards: list[str] = index["shards"]
-        self._loaded: dict[int, torch.Tensor] = {}
+        try:
+            self.size: int = int(index["image_size"])
+            self.count: int = int(index["count"])
+            self.shard_size: int = int(index["shard_size"])
+            self.shards: list[str] = [str(name) for name in index["shards"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{index_file}: not an image cache index ({type(exc).__name__}: {exc}); "
+                            "rerun `trafficlip prepare`") from None
+        wanted = max(1, -(-self.count // self.shard_size)) if self.shard_size > 0 else -1
+        if self.size <= 0 or self.count < 0 or len(self.shards) != wanted \
+                or any(Path(name).name != name or name in ("", ".", "..") for name in self.shards):
+            raise UserError(f"{index_file}: an inconsistent image cache index ({self.count} images of "
+                            f"{self.size} px in shards of {self.shard_size}, {len(self.shards)} shard names); "
+                            "rerun `trafficlip prepare`")
+        self.row_bytes = self.size * self.size * 3
+        self._starts = [read_shard_layout(self.folder / name, self._rows_in(number), self.size)
+                        for number, name in enumerate(self.shards)]
 
     def __len__(self) -> int:
         return self.count
 
-    def _shard(self, number: int) -> torch.Tensor:
-        if number not in self._loaded:
-            path = self.folder / self.shards[number]
-            try:
-                self._loaded[number] = load_file(path)["images"]
-            except Exception as exc:  # missing, truncated, or not safetensors at all (never unpickled)
-                from tasks.core.errors import UserError
-                raise UserError(f"{path}: not a readable image cache shard ({type(exc).__name__}: "
-                                      f"{' '.join(str(exc).split())[:200]}); rerun `trafficlip prepare`") from None
-        return self._loaded[number]
+    def _rows_in(self, number: int) -> int:
+        return max(0, min(self.shard_size, self.count - number * self.shard_size))
 
     def __getitem__(self, indices) -> torch.Tensor:
-        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-        if idx.numel() == 0:
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).numpy()
+        if idx.size == 0:
             return torch.empty((0, self.size, self.size, 3), dtype=torch.uint8)
         if int(idx.min()) < 0 or int(idx.max()) >= self.count:
             raise IndexError(f"image index out of range 0..{self.count - 1}")
-        out = torch.empty((idx.numel(), self.size, self.size, 3), dtype=torch.uint8)
-        shard_of = idx // self.shard_size
-        for number in shard_of.unique().tolist():
-            mask = shard_of == number
-            out[mask] = self._shard(number)[idx[mask] - number * self.shard_size]
-        return out
+        unique, inverse = np.unique(idx, return_inverse=True)
+        rows = np.empty((len(unique), self.size, self.size, 3), dtype=np.uint8)
+        flat = memoryview(rows).cast("B")
+        shard_of = unique // self.shard_size
+        # runs of consecutive indices inside one shard: one read each
+        breaks = np.flatnonzero((np.diff(unique) != 1) | (np.diff(shard_of) != 0)) + 1
+        starts, ends = np.concatenate(([0], breaks)), np.concatenate((breaks, [len(unique)]))
+        fds: dict[int, int] = {}
+        try:
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                number = int(shard_of[a])
+                if number not in fds:
+                    fds[number] = self._open(number)
+                row = int(unique[a]) - number * self.shard_size
+                _read_into(fds[number], flat[a * self.row_bytes:b * self.row_bytes],
+                           self._starts[number] + row * self.row_bytes, self.folder / self.shards[number])
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        if len(unique) != len(idx) or not np.array_equal(unique, idx):
+            rows = rows[inverse.reshape(-1)]
+        return torch.from_numpy(rows)
+
+    def _open(self, number: int) -> int:
+        path = self.folder / self.shards[number]
+        try:
+            return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError as exc:
+            raise _bad_shard(path, f"{type(exc).__name__}: {exc}") from None
 
     def all(self) -> torch.Tensor:
+        """Every image of the split in one tensor: for small splits (tests, benchmarks) only; the steps
+        read batches."""
         return self[torch.arange(self.count)]
 
 
@@ -176,19 +220,106 @@ class CacheSelection:
         return self.images[self.indices[torch.as_tensor(positions, dtype=torch.long)]]
 
 
-def write_cache(folder: str | Path, arrays: Sequence[np.ndarray], size: int, shard_size: int) -> Path:
-    """Write decoded images as shards plus an index; each file atomically, the index last."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for start in range(0, max(len(arrays), 1), shard_size):
-        chunk = arrays[start:start + shard_size]
-        tensor = (torch.from_numpy(np.stack(chunk)) if len(chunk)
-                  else torch.empty((0, size, size, 3), dtype=torch.uint8))
-        name = f"images-{start // shard_size:05d}.safetensors"
-        with atomic_path(folder / name) as tmp:
-            save_file({"images": tensor.contiguous()}, str(tmp))
-        shards.append(name)
-    write_json(folder / ImageCache.INDEX, {"image_size": size, "count": len(arrays),
-                                           "shard_size": shard_size, "shards": shards})
-    return folder
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+class ShardWriter:
+    """Writes one split's cache as the images come: ``add(array)`` for each, in order, then ``close()``.
+
+    Each image goes straight to the open shard's temporary file (after room for the header of a full
+    shard); a full shard gets its header and is renamed into place (tasks/core/atomic.py), so a shard
+    file under its final name is always complete. ``close`` finishes the last shard (its rows move up
+    when its shorter header needs fewer bytes) and writes the index, ``images.json``, last. Memory: one
+    image at a time. Used as a context manager, an exception removes the open shard's temporary file.
+    """
+
+    def __init__(self, folder: str | Path, size: int, shard_size: int):
+        if size <= 0 or shard_size <= 0:
+            raise ValueError(f"size and shard_size must be positive, got {size} and {shard_size}")
+        self.folder = Path(folder)
+        self.size, self.shard_size = size, shard_size
+        self.row_bytes = size * size * 3
+        self.reserved = len(shard_header(shard_size, size))   # a full shard's header, the longest
+        self.count = 0
+        self.shards: list[str] = []
+        self._open: Generator | None = None     # the open shard (see _shard), fed one row at a time
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is not None:
+            self.abort()
+
+    def add(self, array: np.ndarray) -> None:
+        if array.shape != (self.size, self.size, 3) or array.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 [{self.size}, {self.size}, 3] image, got {array.dtype} "
+                             f"{list(array.shape)}")
+        if self._open is None:
+            self._start()
+        self._open.send(np.ascontiguousarray(array))
+        self.count += 1
+        if self.count % self.shard_size == 0:
+            self._finish()
+
+    def close(self) -> Path:
+        """Finish the last shard (an empty one for an empty split, as safetensors would write it) and
+        write the index."""
+        if self._open is not None or not self.shards:
+            if self._open is None:
+                self._start()
+            self._finish()
+        write_json(self.folder / ImageCache.INDEX, {"image_size": self.size, "count": self.count,
+                                                    "shard_size": self.shard_size, "shards": self.shards})
+        return self.folder
+
+    def abort(self) -> None:
+        """Drop the open shard (its temporary file is removed; finished shards stay)."""
+        shard, self._open = self._open, None
+        if shard is not None:
+            shard.close()
+
+    def _start(self) -> None:
+        name = SHARD_NAME.format(len(self.shards))
+        self._open = self._shard(self.folder / name)
+        next(self._open)
+        self.shards.append(name)
+
+    def _finish(self) -> None:
+        shard, self._open = self._open, None
+        try:
+            shard.send(None)
+        except StopIteration:
+            return
+        raise RuntimeError("a shard did not finish")   # pragma: no cover
+
+    def _shard(self, target: Path) -> Generator[None, np.ndarray | None, None]:
+        """One shard file, open while its rows come: ``send(row)`` appends one, ``send(None)`` writes the
+        header and renames the file into place; ``close()`` (an error) removes the temporary file."""
+        with atomic_path(target) as tmp, open(tmp, "r+b") as handle:
+            handle.seek(self.reserved)
+            rows = 0
+            while (row := (yield)) is not None:
+                handle.write(memoryview(row).cast("B"))
+                rows += 1
+            header = shard_header(rows, self.size)
+            if len(header) < self.reserved:        # a short last shard: its rows move up behind its header
+                handle.flush()
+                fd, shift, end = handle.fileno(), self.reserved - len(header), self.reserved + rows * self.row_bytes
+                for position in range(self.reserved, end, _COPY_BLOCK):
+                    block = os.pread(fd, min(_COPY_BLOCK, end - position), position)
+                    os.pwrite(fd, block, position - shift)
+                os.ftruncate(fd, end - shift)
+            handle.seek(0)
+            handle.write(header)
+
+
+def write_cache(folder: str | Path, arrays, size: int, shard_size: int) -> Path:
+    """Write decoded images (any iterable of uint8 [S, S, 3]) as shards plus an index; each file
+    atomically, the index last."""
+    with ShardWriter(folder, size, shard_size) as writer:
+        for array in arrays:
+            writer.add(np.asarray(array))
+        return writer.close()

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 _configured = False
@@ -54,12 +54,29 @@ def setup(step: str) -> logging.Logger:
     return logging.getLogger(f"trafficlip.{step}")
 
 
+def duration(seconds: float) -> str:
+    """A duration as people read it: 45 s, 3 min 20 s, 2 h 05 min."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 def progress(items: Iterable[T], total: int, desc: str, logger: logging.Logger,
-             every_seconds: float = 15.0) -> Iterator[T]:
-    """tqdm on a terminal; otherwise an INFO line every ``every_seconds`` and at the end."""
+             every_seconds: float = 15.0, status: Callable[[], str] | None = None,
+             samples_per_item: int = 0) -> Iterator[T]:
+    """tqdm on a terminal; otherwise an INFO line every ``every_seconds`` and at the end, with the
+    rate (and samples/s when each item is ``samples_per_item`` samples), what ``status()`` says (the
+    epoch and loss, say) and the time left at that rate."""
     if sys.stderr.isatty():
         from tqdm import tqdm
-        yield from tqdm(items, total=total, desc=desc, dynamic_ncols=True)
+        bar = tqdm(items, total=total, desc=desc, dynamic_ncols=True)
+        for item in bar:
+            yield item
+            if status is not None:
+                bar.set_postfix_str(status(), refresh=False)
         return
     start = last = time.monotonic()
     done = 0
@@ -69,5 +86,10 @@ def progress(items: Iterable[T], total: int, desc: str, logger: logging.Logger,
         now = time.monotonic()
         if now - last >= every_seconds or done == total:
             rate = done / max(now - start, 1e-9)
-            logger.info("%s: %d/%d (%.1f/s)", desc, done, total, rate)
+            parts = [f"{rate:.1f}/s" + (f", {rate * samples_per_item:.0f} samples/s" if samples_per_item else "")]
+            text = f"{desc}: {done}/{total} ({', '.join(parts)})"
+            if status is not None:
+                text += f", {status()}"
+            text += ", done" if done == total else f", {duration((total - done) / rate)} left"
+            logger.info("%s", text)
             last = now

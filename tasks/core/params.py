@@ -101,6 +101,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "prepare": {
         "shard_size": Key(int, 4096, "images per decoded-image cache shard", **_positive(int)),
+        "workers": Key(int, 0, "processes decoding images, 0 = every core (the cache is the same for any number)",
+                       minimum=0),
     },
     "augment": {
         "enabled": Key(bool, True, "complete vehicle captions missing colour / type zero-shot; false copies them"),

@@ -121,6 +121,7 @@ def read_submission(path: str | Path, k: int = 10) -> list[tuple[str, list[str]]
 def read_ground_truth(path: str | Path) -> list[tuple[str, list[str]]]:
     """Read the organisers' ground truth: ``text$img1$img2$...`` per line (UTF-8, BOM and CRLF accepted).
 
+    A line with a text and no image name (``text`` or ``text$``) is a query with no relevant image.
     Blank lines at the end are ignored; any other problem is an InputError with its line number.
     """
     data = _read_bytes(path)
@@ -145,9 +146,11 @@ def read_ground_truth(path: str | Path) -> list[tuple[str, list[str]]]:
         if not text.strip():
             raise InputError(path, "empty query text", line=number, field="text",
                              expected="text$img1$img2$...")
-        if len(parts) < 2:
-            raise InputError(path, "no image names", line=number, field="image_names",
-                             expected="text$img1$img2$... with at least one image name")
+        if parts[1:] in ([], [""]):
+            # a query with nothing relevant in the gallery (`text` or `text$`): the organisers'
+            # scorer counts it, with AP 0; score() reports how many there were
+            out.append((text, []))
+            continue
         names: list[str] = []
         seen: dict[str, int] = {}
         for j, name in enumerate(parts[1:], start=1):
@@ -168,7 +171,9 @@ def score(submission_path: str | Path, ground_truth_path: str | Path, k: int = 1
     """Score a submission against the organisers' ground truth.
 
     Returns {"map_at_10" (organisers' rule), "trec_ap_at_10" (R = ground-truth images of the text),
-    "queries"}. The submission must hold the ground truth's texts, in its order.
+    "queries", "queries_without_relevant"}. The submission must hold the ground truth's texts, in its
+    order. A query the ground truth lists no image for scores 0 under both rules and stays in the
+    mean, as the organisers' scorer counts it; "queries_without_relevant" says how many there were.
     """
     submission = read_submission(submission_path, k)
     truth = read_ground_truth(ground_truth_path)
@@ -188,4 +193,4 @@ def score(submission_path: str | Path, ground_truth_path: str | Path, k: int = 1
         trec.append(trec_ap_at_k(hits, len(relevant)))
     n = len(truth)
     return {"map_at_10": round(sum(organisers) / n, 6), "trec_ap_at_10": round(sum(trec) / n, 6),
-            "queries": n}
+            "queries": n, "queries_without_relevant": sum(not names for _, names in truth)}

@@ -213,6 +213,30 @@ def _version_tags(train_run, metrics: dict, evaluation: str) -> dict[str, str]:
     }
 
 
+def describe_version(tags: dict[str, str]) -> str:
+    """The version's description in the registry UI (markdown): metrics, data, code, where the
+    evaluation is (galleries and report), and the gate's decision once promote ran."""
+    def tag(key: str) -> str:
+        return tags.get(key, "?")
+    lines = [f"**mAP@10 {tag('map_at_10')}** on validation (vehicle {tag('vehicle_map_at_10')}, pedestrian "
+             f"{tag('pedestrian_map_at_10')}; Recall@1 {tag('recall_at_1')}; relevance rule {tag('relevance_rule')})",
+             f"- data: `{tag('data_hash')}`; code: git `{tag('git_commit')[:12]}`"
+             + (" (with uncommitted changes)" if tags.get("git_dirty") == "true" else ""),
+             f"- trained by run `{tag(RUN_KEY)}`; evaluation, retrieval galleries and the HTML report: "
+             f"`{tag('evaluation')}`"]
+    decision = tags.get("promotion_decision")
+    lines.append(f"- gate: {decision} ({tags.get('promotion_reason', '')})" if decision
+                 else "- gate: not decided yet (trafficlip promote)")
+    return "\n".join(lines)
+
+
+def _describe(client, name: str, version: int) -> None:
+    current = client.get_model_version(name, str(version))
+    text = describe_version(current.tags)
+    if current.description != text:
+        client.update_model_version(name, str(version), description=text)
+
+
 def register(params: dict, train_summary: str | Path, metrics_path: str | Path, per_query_path: str | Path,
              out: str | Path) -> dict:
     """Register the model of the training run named in ``train_summary`` (once); write ``out``."""
@@ -247,6 +271,7 @@ def register(params: dict, train_summary: str | Path, metrics_path: str | Path, 
             current = client.get_model_version(name, str(version)).tags
             _set_version_tags(client, name, version, {k: v for k, v in tags.items()
                                                       if k != STATUS and current.get(k) != str(v)})
+        _describe(client, name, version)
     result = {"registered_model": name, "version": version, "model_uri": f"models:/{name}/{version}",
               RUN_KEY: run_id, "map_at_10": metrics["overall"]["map_at_10"],
               "validation_fingerprint": metrics.get("validation_fingerprint"), "evaluation": evaluation}
@@ -364,6 +389,7 @@ def _apply(client, name: str, decision: dict) -> None:
     recorded = client.get_model_version(name, str(version)).tags
     if any(recorded.get(key) != str(value) for key, value in tags.items()):
         _set_version_tags(client, name, version, {**tags, "promotion_at": _now()})
+    _describe(client, name, version)
     aliases = _aliases(client, name)
     if not decision["promote"]:
         if aliases.get(CHALLENGER) != version:

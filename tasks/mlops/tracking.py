@@ -217,13 +217,39 @@ def dvc_data_hashes(stage: str, root: Path | None = None) -> dict[str, str]:
     return hashes
 
 
+# written by the pipeline run itself: uncommitted while it runs, and not an input of any stage
+RUN_OUTPUTS = ("dvc.lock",)
+
+
+def uncommitted_files(root: Path) -> list[str]:
+    """What the commit does not hold that a run may have used: modified tracked files and untracked,
+    not ignored ones (a new data/raw.dvc from `dvc add`), but not the files the run writes (dvc.lock)."""
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all"], cwd=root,
+                                capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    entries = iter(status.stdout.split("\0") if status.returncode == 0 else [])
+    paths = []
+    for entry in entries:
+        if len(entry) > 3:
+            paths.append(entry[3:])
+            if entry[0] in "RC":        # a rename or copy: the next entry is its old path
+                next(entries, None)
+    return sorted(path for path in paths if path not in RUN_OUTPUTS)
+
+
 def lineage_tags(stage: str) -> dict[str, str]:
     root = project_root()
     tags = {"trafficlip.step": stage}
     commit = _git(root, "rev-parse", "HEAD")
     if commit:
         tags["git.commit"] = commit
-        tags["git.dirty"] = str(bool(_git(root, "status", "--porcelain", "--untracked-files=no"))).lower()
+        uncommitted = uncommitted_files(root)
+        tags["git.dirty"] = str(bool(uncommitted)).lower()
+        if uncommitted:
+            shown = ", ".join(uncommitted[:10]) + (f" and {len(uncommitted) - 10} more" if len(uncommitted) > 10 else "")
+            tags["git.uncommitted"] = shown
     hashes = dvc_data_hashes(stage, root)
     tags.update({f"dvc.{path}": md5 for path, md5 in hashes.items()})
     if hashes:  # one name for "which data": the dvc-added source data's hash (the md5 in data/raw.dvc)
@@ -313,9 +339,38 @@ class NullRun:
         return lambda *args, **kwargs: None
 
 
+PIPELINE_TAG = "trafficlip.pipeline_run"     # on the parent run of one Airflow DAG run's step runs
+SUMMARY_METRICS = ("map_at_10", "vehicle_map_at_10", "pedestrian_map_at_10", "recall_at_1")
+
+
+def pipeline_run_id(client, experiment: str) -> str | None:
+    """The parent run that groups the step runs of one Airflow DAG run (found by its tag, created by
+    the first step), so the MLflow UI shows a pipeline run as one row with its steps nested under it
+    and its key metrics as columns. None outside Airflow (`dvc repro`, the CLI): steps stand alone."""
+    dag_run = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")
+    if not dag_run:
+        return None
+    found = client.search_runs([experiment], filter_string=f"tags.`{PIPELINE_TAG}` = '{dag_run}'",
+                               max_results=1, order_by=["attributes.start_time ASC"])
+    if found:
+        return found[0].info.run_id
+    tags = {PIPELINE_TAG: dag_run, "airflow.dag_id": os.environ.get("AIRFLOW_CTX_DAG_ID", ""),
+            "mlflow.note.content": f"Airflow run {dag_run}: its step runs are nested below."}
+    return client.create_run(experiment, run_name=f"pipeline {dag_run}", tags=tags).info.run_id
+
+
+def log_pipeline_summary(run: Run | NullRun, metrics: dict) -> None:
+    """The evaluation's key numbers on the pipeline's parent run too (its columns in the run list)."""
+    parent = getattr(run, "parent_id", None)
+    if run and parent:
+        flat = metric_items(metrics)
+        Run(run.client, parent, run.experiment_id).log_metrics({k: flat[k] for k in SUMMARY_METRICS if k in flat})
+
+
 @contextlib.contextmanager
 def start(params: dict, step: str, tags: dict[str, str] | None = None) -> Iterator[Run | NullRun]:
-    """An MLflow run for one pipeline step, ended FINISHED, FAILED or KILLED with the block."""
+    """An MLflow run for one pipeline step, ended FINISHED, FAILED or KILLED with the block. Under
+    Airflow it is nested under the DAG run's parent run and named after both."""
     if not params["mlflow"]["enabled"]:
         yield NullRun()
         return
@@ -323,8 +378,15 @@ def start(params: dict, step: str, tags: dict[str, str] | None = None) -> Iterat
     client = connect()
     experiment = experiment_id(client, params["mlflow"]["experiment"])
     logger = log.setup(step)
-    active = mlflow.start_run(experiment_id=experiment, run_name=step, tags={**lineage_tags(step), **(tags or {})})
+    parent = pipeline_run_id(client, experiment)
+    run_tags = {**lineage_tags(step), **(tags or {})}
+    name = step
+    if parent:
+        run_tags["mlflow.parentRunId"] = parent
+        name = f"{step} ({os.environ['AIRFLOW_CTX_DAG_RUN_ID']})"
+    active = mlflow.start_run(experiment_id=experiment, run_name=name, tags=run_tags)
     run = Run(client, active.info.run_id, experiment)
+    run.parent_id = parent
     status = "FAILED"
     try:
         from mlflow.entities import Param

@@ -19,6 +19,12 @@ from tasks.core.errors import UserError
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
                 "max_retry_delay": timedelta(minutes=10), "execution_timeout": timedelta(hours=2)}
 TAG = "trafficlip"
+# Chosen on purpose: the DAGs are active as soon as Airflow loads them (Airflow's default leaves new
+# DAGs paused). Training then does what it promises, retrain weekly and when data/raw changes, without
+# someone finding the toggle; it is safe because its cron never starts a run for a past Sunday
+# (run_immediately=0, catchup off) and its asset fires only on a new data version. Ingest and retrieval
+# have no schedule: active, they simply run when triggered. Pause a DAG in the UI to stop it.
+PAUSED_UPON_CREATION = False
 
 
 def default_args(**changes) -> dict:

@@ -101,16 +101,33 @@ def _remote(cwd: Path) -> str:
     return f"DVC remote {name!r} ({url})" if name else "the DVC remote (none is set as default)"
 
 
+def _echo(stream, lines: list[str]) -> None:
+    """Copy a child's output line by line to this process's stdout as it comes (the task log shows a
+    step's progress while it runs; stdout, because Airflow logs a task's stderr at ERROR level)."""
+    for line in stream:
+        lines.append(line)
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
 def run(args: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess:
-    """Run a command, echo its output (the task log), raise on failure: exit status 2 is a user error
-    (UserError, never retried), 75 a ServiceError (a service is down), anything else StepFailed (crashed or
-    killed); the DAGs retry both."""
+    """Run a command, echo its output live (the task log), raise on failure: exit status 2 is a user
+    error (UserError, never retried), 75 a ServiceError (a service is down), anything else StepFailed
+    (crashed or killed); the DAGs retry both."""
+    import threading
     print("$", shlex.join(args), flush=True)
-    result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
-    if result.stdout:
-        print(result.stdout, end="" if result.stdout.endswith("\n") else "\n", flush=True)
-    if result.stderr:
-        print(result.stderr, end="" if result.stderr.endswith("\n") else "\n", file=sys.stderr, flush=True)
+    with subprocess.Popen(args, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          bufsize=1) as process:
+        out: list[str] = []
+        err: list[str] = []
+        readers = [threading.Thread(target=_echo, args=(process.stdout, out), daemon=True),
+                   threading.Thread(target=_echo, args=(process.stderr, err), daemon=True)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+        returncode = process.wait()
+    result = subprocess.CompletedProcess(args, returncode, "".join(out), "".join(err))
     if result.returncode != 0:
         line = _error_line(result.stderr, result.returncode)
         if args[0] == "dvc" and args[1:2] and args[1] in ("push", "pull", "fetch"):

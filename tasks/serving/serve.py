@@ -2,22 +2,34 @@
 
     trafficlip serve --gallery DIR [--model models:/traffic-clip@champion] [--host 127.0.0.1] [--port 8000]
 
-- ``GET /`` a page: type a query, see the top images with their scores (no external resources).
+- ``GET /`` a page: type a query, see the top images with their scores (no external resources). The
+  search is in the page's address (``/?q=a+red+SUV&top=10``), so a result can be bookmarked or shared;
+  a query longer than the limit is refused with a message, never cut.
 - ``GET /api/search?q=a+red+SUV&top=10`` the ranked images: ``{"query", "model", "version",
   "results": [{"rank", "image", "score", "url"}]}``. ``q`` is 1 to 500 characters and ``top`` 1 to
   100; anything else is a 422 naming the field, an empty query a 400.
 - ``GET /images/{name}`` a gallery image by its name (404 for any name that is not one).
 - ``GET /healthz`` model and gallery size; ``/docs`` and ``/openapi.json`` describe the API.
 
+Access: the gallery is camera imagery. With a token in ``TRAFFICLIP_SERVE_TOKEN`` every route but
+``/healthz`` asks for it, as ``Authorization: Bearer <token>`` or as the password of HTTP basic auth
+(any user name: a browser's login prompt); the token is kept only as its SHA-256 digest and never
+logged. Without one, the service binds only a loopback address and refuses any other ``--host``.
+
 The model is loaded and the gallery embedded once, at start (through the embedding cache).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import html
+import ipaddress
+import os
 from pathlib import Path
 
-from tasks.core.errors import TrafficlipError
+from tasks.core.errors import TrafficlipError, UserError
 from tasks.serving.search import MAX_QUERY_CHARS, MAX_TOP, Searcher
 
 PAGE = """<!doctype html>
@@ -34,15 +46,21 @@ figure img {{ width: 160px; height: 160px; object-fit: contain; background: #000
 <body>
 <h1>trafficlip search</h1>
 <p>{about}</p>
-<form id="search"><input type="text" id="q" name="q" maxlength="{max_chars}" placeholder="a red SUV" required>
+<form id="search"><input type="text" id="q" name="q" placeholder="a red SUV" required>
 <select id="top" name="top">{top_options}</select> <button type="submit" id="go">Search</button></form>
 <div id="status"></div><div id="results"></div>
 <script>
-document.getElementById("search").addEventListener("submit", async (event) => {{
-  event.preventDefault();
+const MAX_CHARS = {max_chars};
+async function search(q, top) {{
   const status = document.getElementById("status"), results = document.getElementById("results");
-  const q = document.getElementById("q").value, top = document.getElementById("top").value;
-  status.className = ""; status.textContent = "searching..."; results.replaceChildren();
+  results.replaceChildren();
+  if (q.length > MAX_CHARS) {{
+    status.className = "error";
+    status.textContent = "The query is " + q.length + " characters long; at most " + MAX_CHARS + " are searched.";
+    return;
+  }}
+  history.replaceState(null, "", "?" + new URLSearchParams({{q: q, top: top}}));
+  status.className = ""; status.textContent = "searching...";
   const response = await fetch("api/search?" + new URLSearchParams({{q: q, top: top}}));
   const body = await response.json();
   if (!response.ok) {{
@@ -58,14 +76,65 @@ document.getElementById("search").addEventListener("submit", async (event) => {{
     caption.textContent = "#" + hit.rank + " " + hit.image + " (" + hit.score.toFixed(3) + ")";
     figure.append(img, caption); results.append(figure);
   }}
+}}
+document.getElementById("search").addEventListener("submit", (event) => {{
+  event.preventDefault();
+  search(document.getElementById("q").value, document.getElementById("top").value);
 }});
+const shared = new URLSearchParams(location.search);
+if (shared.get("q")) {{
+  document.getElementById("q").value = shared.get("q");
+  const top = document.getElementById("top");
+  if ([...top.options].some((o) => o.value === shared.get("top"))) top.value = shared.get("top");
+  search(shared.get("q"), top.value);
+}}
 </script></body></html>
 """
 
 
-def create_app(searcher: Searcher):
-    from fastapi import FastAPI, HTTPException, Query
-    from fastapi.responses import FileResponse, HTMLResponse
+TOKEN_ENV = "TRAFFICLIP_SERVE_TOKEN"
+OPEN_PATHS = ("/healthz",)
+REALM = 'Basic realm="trafficlip search", charset="UTF-8"'
+
+
+def token_digest(token: str | None) -> bytes | None:
+    """What the service keeps of its token: the SHA-256 digest (None: no access control)."""
+    return hashlib.sha256(token.encode()).digest() if token else None
+
+
+def presented_token(authorization: str | None) -> str | None:
+    """The token in an Authorization header: a Bearer token, or the password of HTTP basic auth."""
+    scheme, _, value = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False        # a host name: it may resolve to any interface
+
+
+def check_binding(host: str, digest: bytes | None) -> None:
+    """Without credentials the gallery may only be served to this machine."""
+    if digest is None and not is_loopback(host):
+        raise UserError(f"--host {host}: serving beyond this machine needs access control: set {TOKEN_ENV} "
+                        "(every route but /healthz then asks for it), or serve on 127.0.0.1")
+
+
+def create_app(searcher: Searcher, digest: bytes | None = None):
+    """The service; with ``digest`` (token_digest of the token) every route but /healthz asks for it."""
+    from fastapi import FastAPI, HTTPException, Query, Request
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
     from pydantic import BaseModel
 
     class Result(BaseModel):
@@ -83,6 +152,16 @@ def create_app(searcher: Searcher):
     app = FastAPI(title="trafficlip search", version="1",
                   description="Text-to-image search over a gallery of traffic images with the champion CLIP model.")
     info = searcher.model_info
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if digest is None or request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        token = presented_token(request.headers.get("authorization"))
+        if token is not None and hmac.compare_digest(hashlib.sha256(token.encode()).digest(), digest):
+            return await call_next(request)
+        return JSONResponse({"detail": "credentials required: the token as a Bearer token or as the basic-auth "
+                                       "password"}, status_code=401, headers={"WWW-Authenticate": REALM})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -119,6 +198,9 @@ def create_app(searcher: Searcher):
 
 def run(params: dict, gallery: str | Path, model: str | None, host: str, port: int) -> None:
     import uvicorn
-    app = create_app(Searcher(params, gallery, model))
-    print(f"trafficlip search on http://{host}:{port}/ (API docs: /docs)", flush=True)
+    digest = token_digest(os.environ.get(TOKEN_ENV))
+    check_binding(host, digest)             # before the model is loaded: a refusal costs nothing
+    app = create_app(Searcher(params, gallery, model), digest)
+    access = f"token required ({TOKEN_ENV})" if digest else "no token: this machine only"
+    print(f"trafficlip search on http://{host}:{port}/ (API docs: /docs; {access})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

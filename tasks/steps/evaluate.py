@@ -91,6 +91,7 @@ def _pictures(run, metrics: dict, shown: list[html.Gallery], plots_dir, report_o
 def _log_evaluation(run, metrics: dict, shown: list[html.Gallery], files: list[Path], plot_files: list[Path],
                     report_file: Path | None) -> None:
     run.log_metrics(tracking.metric_items(metrics))
+    tracking.log_pipeline_summary(run, metrics)
     run.log_metrics(tracking.metric_items(metrics.get("baseline", {}), prefix="baseline_"))
     for path in files:
         run.log_file(path)

@@ -49,6 +49,11 @@ def run(params: dict, data: str | Path, model_dir: str | Path, out: str | Path,
         if report:
             write_json(report, {"submission": str(out), "queries": len(results), "gallery": len(names), **described})
         mlflow_run.log_file(out)
+        if report:
+            mlflow_run.log_file(report)
+        # what it produced, as numbers a run list can show
+        mlflow_run.log_metrics({"submission_queries": len(results), "gallery_images": len(names), "top_k": k,
+                                "uncategorised_queries": len(unmatched)})
     logger.info("wrote %s: %d queries x %d images", out, len(results), k)
     return {"submission": str(out), "queries": len(results), "gallery": len(names),
             "uncategorised_queries": len(unmatched)}

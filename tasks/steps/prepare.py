@@ -1,5 +1,14 @@
 """Step `prepare`: validate the raw dataset and decode every image once into a cache.
 
+It streams: images are decoded on ``prepare.workers`` processes (0: every core; tasks/core/decode.py), in
+order, and each goes straight into its split's open cache shard (tasks/core/images.py ``ShardWriter``),
+so memory holds about one image per worker in flight, never the dataset. Each split is written into a
+temporary folder beside its target and swapped in (tasks/core/atomic.py ``atomic_dir``) only once the
+whole dataset has been checked: ``data.on_error: fail`` with a problem leaves the previous cache as it
+was, and a run killed mid-way leaves no half-written shard under a final name (the next run removes
+its temporaries and writes everything again). The output is byte-for-byte the same for any number of
+workers.
+
 Output (``data/prepared``, a DVC stage output):
   {train,val,test}/images-*.safetensors + images.json   padded, resized uint8 images
   {train,val,test}/manifest.json                        what each cached image is (labels, original
@@ -10,14 +19,18 @@ Output (``data/prepared``, a DVC stage output):
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import json
 from pathlib import Path
 
-from tasks.core import log, models
-from tasks.core.atomic import write_json
+from tasks.core import labels, log, models
+from tasks.core.atomic import atomic_dir, atomic_path, remove_stale_temporaries, write_json
 from tasks.core.dataset import SplitScan, enforce, scan
-from tasks.core.images import write_cache
+from tasks.core.decode import resolve_workers
+from tasks.core.images import ShardWriter
 from tasks.core.paths import MANIFEST, PREPARED_VALIDATION_REPORT, VOCABULARY
+
+SPLITS = (*labels.SPLITS, "test")
 
 
 def _record_entry(record) -> dict:
@@ -29,23 +42,63 @@ def _record_entry(record) -> dict:
     return entry
 
 
+class _Streamed(list):
+    """A list that the JSON encoder walks without it ever being built: ``make()`` yields its items.
+    With ``indent``, json encodes in Python (tasks/core/atomic.py ``write_json``'s format), which only
+    needs a list's truth value and iteration; so a manifest of any length is written item by item."""
+
+    def __init__(self, make, count: int):
+        super().__init__()
+        self._make, self._count = make, count
+
+    def __iter__(self):
+        return iter(self._make())
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+
+def _write_json_streamed(target: Path, obj) -> None:
+    """Byte-for-byte ``write_json(target, obj)`` (atomically, the same indent and escaping), but the
+    text is written as it is encoded, never held whole."""
+    encoder = json.JSONEncoder(indent=2, ensure_ascii=False)
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for chunk in encoder.iterencode(obj):
+            handle.write(chunk)
+        handle.write("\n")
+
+
 def _labelled_manifest(split: str, result: SplitScan, image_size: int) -> dict:
+    """The split's manifest, its lists generated as they are written: an image's entry comes from its
+    first record (the records are in the images' first-seen order, the cache's order)."""
     index_of = {path: i for i, path in enumerate(result.image_paths)}
-    images: list[dict | None] = [None] * len(result.image_paths)
-    pairs = []
-    for record in result.records:
-        i = index_of[record.image_path]
-        if images[i] is None:
-            width, height = result.image_sizes[i]
-            images[i] = {**_record_entry(record), "width": width, "height": height}
-        pairs.append({"text": record.text, "image": i, "line": record.line})
-    return {"split": split, "image_size": image_size, "images": images, "pairs": pairs}
+
+    def images():
+        written = 0
+        for record in result.records:
+            i = index_of[record.image_path]
+            if i == written:
+                width, height = result.image_sizes[i]
+                written += 1
+                yield {**_record_entry(record), "width": width, "height": height}
+        if written != len(result.image_paths):
+            raise AssertionError(f"{split}: images out of their records' order after {written}")
+
+    def pairs():
+        for record in result.records:
+            yield {"text": record.text, "image": index_of[record.image_path], "line": record.line}
+    return {"split": split, "image_size": image_size, "images": _Streamed(images, len(result.image_paths)),
+            "pairs": _Streamed(pairs, len(result.records))}
 
 
 def _test_manifest(result: SplitScan, image_size: int) -> dict:
-    return {"split": "test", "image_size": image_size,
-            "images": [{"image": Path(p).name, "path": p, "width": w, "height": h}
-                       for p, (w, h) in zip(result.image_paths, result.image_sizes)],
+    def images():
+        for p, (w, h) in zip(result.image_paths, result.image_sizes):
+            yield {"image": Path(p).name, "path": p, "width": w, "height": h}
+    return {"split": "test", "image_size": image_size, "images": _Streamed(images, len(result.image_paths)),
             "queries": [{"text": q.text, "line": q.line, "category": q.category} for q in result.queries]}
 
 
@@ -53,19 +106,25 @@ def run(params: dict, data: str | Path, out: str | Path) -> dict:
     logger = log.setup("prepare")
     data, out = Path(data), Path(out)
     image_size = models.image_size_of(params["model"]["name"], params["model"]["pretrained"])
-    logger.info("scanning %s (images padded to square, resized to %d px)", data, image_size)
-    result = scan(data, image_size=image_size, progress=lambda it, n, d: log.progress(it, n, d, logger))
-    out.mkdir(parents=True, exist_ok=True)
-    enforce(result, params["data"]["on_error"], out / PREPARED_VALIDATION_REPORT)
     shard_size = params["prepare"]["shard_size"]
-    for split, split_scan in result.splits.items():
-        folder = out / split
-        if folder.exists():
-            shutil.rmtree(folder)
-        write_cache(folder, split_scan.image_arrays, image_size, shard_size)
-        manifest = (_test_manifest(split_scan, image_size) if split == "test"
-                    else _labelled_manifest(split, split_scan, image_size))
-        write_json(folder / MANIFEST, manifest)
+    workers = resolve_workers(params["prepare"]["workers"])
+    logger.info("scanning %s (images padded to square, resized to %d px) on %d process(es)", data, image_size,
+                workers)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (*SPLITS, PREPARED_VALIDATION_REPORT, VOCABULARY):   # what a killed run left (one writer: us)
+        remove_stale_temporaries(out, name)
+    with contextlib.ExitStack() as stack:
+        # each split's new folder, swapped in for the old one when the stack closes without an error
+        staged = {split: stack.enter_context(atomic_dir(out / split)) for split in SPLITS}
+        writers = {split: stack.enter_context(ShardWriter(staged[split], image_size, shard_size)) for split in SPLITS}
+        result = scan(data, image_size=image_size, sink=lambda split, array: writers[split].add(array),
+                      workers=workers, progress=lambda it, n, d: log.progress(it, n, d, logger))
+        enforce(result, params["data"]["on_error"], out / PREPARED_VALIDATION_REPORT)
+        for split, split_scan in result.splits.items():
+            writers[split].close()
+            manifest = (_test_manifest(split_scan, image_size) if split == "test"
+                        else _labelled_manifest(split, split_scan, image_size))
+            _write_json_streamed(staged[split] / MANIFEST, manifest)
     write_json(out / VOCABULARY, result.vocabulary.as_dict())
     counts = {split: {k: v for k, v in s.items() if k in ("lines", "kept", "quarantined", "images", "queries")}
               for split, s in result.report["splits"].items()}

@@ -73,7 +73,8 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
     cfg = params["train"]
     dev, use_bf16 = _setup_device(cfg, dist)
 
-    # data: decoded images and every pair's text, tokenised once
+    # data: the decoded-image cache (each batch's images read from it by index: tasks/core/images.py) and
+    # every pair's text, tokenised once
     manifest_path = Path(manifest_path) if manifest_path else data / "train" / MANIFEST
     manifest = read_json(manifest_path,
                          "trafficlip prepare" if manifest_path.name == MANIFEST else "trafficlip augment")
@@ -82,7 +83,7 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
     if len(pairs) < 2:
         raise UserError(f"{manifest_path}: {len(pairs)} training pair(s); "
                               "contrastive training needs at least 2")
-    images = ImageCache(data / "train").all()
+    images = ImageCache(data / "train")
     if len(images_meta) != len(images):
         raise UserError(f"{manifest_path} describes {len(images_meta)} images but the cache "
                               f"{data / 'train'} holds {len(images)}: rerun `trafficlip augment` after `prepare`")
@@ -90,8 +91,8 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
 
     # model, loss and optimizer
     clip = models.build(params["model"]["name"], params["model"]["pretrained"], seed=cfg["seed"])
-    if images.shape[1] != clip.image_size:
-        raise UserError(f"prepared images are {images.shape[1]} px but {clip.name} takes "
+    if images.size != clip.image_size:
+        raise UserError(f"prepared images are {images.size} px but {clip.name} takes "
                               f"{clip.image_size} px: rerun `prepare` for this model")
     tokens = clip.tokenize([p["text"] for p in pairs])
     if dist.main and not (out / "initial").is_dir():
@@ -132,7 +133,10 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
         tracker.validate(clip, 0)  # the starting point of the validation curves
     every = cfg["checkpoint_every_steps"]
     first_step = step
-    bar = log.progress(range(step, total_steps), total_steps - step, "train", logger)
+    # each progress line: steps and samples/s, the epoch, the loss of the last step, the time left
+    bar = log.progress(range(step, total_steps), total_steps - step, "train", logger, samples_per_item=global_batch,
+                       status=lambda: f"epoch {rows[-1]['epoch']}/{cfg['epochs']}, loss {float(rows[-1]['loss']):.4f}"
+                       if rows else f"epoch {step // steps_per_epoch + 1}/{cfg['epochs']}")
     for step in bar:
         epoch, offset = divmod(step, steps_per_epoch)
         if offset == 0 or step == first_step:

@@ -27,4 +27,5 @@ def test_score_prints_json(tmp_path, capsys):
     assert main(["score", "--submission", str(sub), "--ground-truth", str(gt)]) == 0
     scored = json.loads(capsys.readouterr().out)
     # hits at ranks 2 and 8: (1/2 + 2/8) / 2
-    assert scored == {"map_at_10": pytest.approx(0.375), "trec_ap_at_10": pytest.approx(0.375), "queries": 1}
+    assert scored == {"map_at_10": pytest.approx(0.375), "trec_ap_at_10": pytest.approx(0.375), "queries": 1,
+                      "queries_without_relevant": 0}

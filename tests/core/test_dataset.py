@@ -5,22 +5,31 @@ tests/system/test_reliability_input.py.)"""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.core import dataset
+from tasks.core import dataset, images
 from tasks.core.errors import InputError, UserError
 
 
+def _collecting() -> tuple[dict[str, list[np.ndarray]], dataset.Sink]:
+    arrays: dict[str, list[np.ndarray]] = {}
+    return arrays, lambda split, array: arrays.setdefault(split, []).append(array)
+
+
 def test_a_clean_dataset_is_decoded_once_per_image_at_the_size_asked_for(tiny_raw):
-    result = dataset.scan(tiny_raw, image_size=32)
+    arrays, sink = _collecting()
+    result = dataset.scan(tiny_raw, image_size=32, sink=sink)
     assert result.ok and result.report["problems"] == 0
     for split in ("train", "val"):
         scanned = result.splits[split]
         assert scanned.records and len(set(scanned.image_paths)) == len(scanned.image_paths)
         assert {r.image_path for r in scanned.records} == set(scanned.image_paths)
-        assert len(scanned.image_arrays) == len(scanned.image_sizes) == len(scanned.image_paths)
-        assert all(a.shape == (32, 32, 3) and a.dtype.name == "uint8" for a in scanned.image_arrays)
+        assert len(arrays[split]) == len(scanned.image_sizes) == len(scanned.image_paths)
+        assert all(a.shape == (32, 32, 3) and a.dtype.name == "uint8" for a in arrays[split])
+        first = images.prepare_image(images.load_image(tiny_raw / scanned.image_paths[0]), 32)
+        assert np.array_equal(arrays[split][0], first)                     # the sink gets them in order
         with Image.open(tiny_raw / scanned.image_paths[0]) as first:
             assert scanned.image_sizes[0] == first.size                    # the original size is kept
         assert result.report["splits"][split]["kept"] == len(scanned.records)
@@ -28,7 +37,36 @@ def test_a_clean_dataset_is_decoded_once_per_image_at_the_size_asked_for(tiny_ra
     texts = (tiny_raw / "test" / "test_text.txt").read_text().splitlines()
     assert [q.text for q in test.queries] == texts
     assert len(test.image_paths) == len(list((tiny_raw / "test" / "test_images").iterdir()))
-    assert dataset.scan(tiny_raw).splits["val"].image_arrays == []         # no size: nothing kept
+    assert len(arrays["test"]) == len(test.image_paths)
+    assert not hasattr(test, "image_arrays")                               # scanning keeps no pixels
+    with pytest.raises(ValueError, match="a sink needs an image_size"):
+        dataset.scan(tiny_raw, sink=sink)
+
+
+def test_two_workers_scan_exactly_as_one_even_with_bad_rows(raw_copy):
+    """The pool changes nothing: the same report (bad rows in the same order), the same images in the
+    same order to the sink, with a size and without one."""
+    label = raw_copy / "train" / "train_label.txt"
+    lines = label.read_text().splitlines()
+    lines.insert(1, "nofields")
+    lines.insert(2, lines[5])                                        # an image twice (a second caption)
+    label.write_text("\n".join(lines) + "\n")
+    sorted((raw_copy / "val" / "val_images").iterdir())[0].write_bytes(b"not an image")
+    (raw_copy / "test" / "test_images" / "notes.txt").write_text("not an image")
+    sorted((raw_copy / "test" / "test_images").glob("*.jpg"))[3].write_bytes(b"\xff\xd8 truncated")
+    runs = {}
+    for workers in (1, 2):
+        arrays, sink = _collecting()
+        result = dataset.scan(raw_copy, image_size=24, sink=sink, workers=workers)
+        runs[workers] = (result.report, {s: (r.image_paths, r.image_sizes) for s, r in result.splits.items()}, arrays)
+        assert dataset.scan(raw_copy, workers=workers).report == result.report
+    train = runs[1][0]["splits"]["train"]
+    assert runs[1][0]["problems"] == 4 and train["kept"] == train["images"] + 1   # the repeated image decoded once
+    assert runs[1][0] == runs[2][0] and runs[1][1] == runs[2][1]
+    assert runs[1][2].keys() == runs[2][2].keys() == {"train", "val", "test"}
+    for split, arrays in runs[1][2].items():
+        assert len(arrays) == len(runs[2][2][split])
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, runs[2][2][split]))
 
 
 def test_a_missing_folder_and_an_unknown_on_error_are_user_errors(tiny_raw, tmp_path):

@@ -69,3 +69,26 @@ models.encode_images(clip, images, batch_size=2)
                             env=project_env(HF_HUB_OFFLINE="1", AIRFLOW_CTX_DAG_RUN_ID="run-embed"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[evaluate run=run-embed] embed images: 8/8" in result.stderr
+
+
+def test_a_progress_line_says_the_rate_the_status_and_the_time_left():
+    script = """
+from tasks.core import log
+logger = log.setup("train")
+state = {"epoch": 1}
+for step in log.progress(range(4), 4, "train", logger, every_seconds=0, samples_per_item=64,
+                         status=lambda: f"epoch {state['epoch']}/2, loss 1.2345"):
+    state["epoch"] = 1 + step // 2
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=project_env())
+    lines = [line.split("] ", 1)[1] for line in result.stderr.splitlines() if "train:" in line]
+    assert len(lines) == 4, result.stderr
+    first, last = lines[0], lines[-1]
+    assert first.startswith("train: 1/4 (") and " samples/s), epoch 1/2, loss 1.2345, " in first
+    assert first.endswith(" s left")
+    assert last.startswith("train: 4/4 (") and last.endswith("epoch 2/2, loss 1.2345, done")
+
+
+def test_durations_read_as_people_say_them():
+    from tasks.core.log import duration
+    assert [duration(s) for s in (0.4, 45, 200, 7500)] == ["0 s", "45 s", "3 min 20 s", "2 h 05 min"]

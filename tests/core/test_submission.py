@@ -109,9 +109,9 @@ def test_read_ground_truth_bom_crlf_and_trailing_blank_lines(tmp_path):
 @pytest.mark.parametrize("content, line, reason", [
     (b"text$a.jpg\n$b.jpg\n", 2, "empty query text"),
     (b"text$a.jpg\n\nother$b.jpg\n", 2, "empty query text"),
-    (b"text$a.jpg\nother\n", 2, "no image names"),
     (b"text$a.jpg\nother$b.jpg$$c.jpg\n", 2, "image name 2 is empty"),
     (b"text$a.jpg\nother$b.jpg$\n", 2, "image name 2 is empty"),
+    (b"text$a.jpg\nother$$\n", 2, "image name 1 is empty"),
     (b"text$a.jpg\nok$b.jpg\nbad \xff$c.jpg\n", 3, "not valid UTF-8"),
     (b"text$a.jpg$b.jpg$a.jpg\n", 1, "repeats"),
 ])
@@ -143,7 +143,8 @@ def test_score_by_hand(tmp_path):
         ("q2", filler),                                                    # org 0,   trec 0
     ]
     sub = write_submission(tmp_path / "submission.json", results)
-    assert score(sub, gt) == {"map_at_10": 0.5, "trec_ap_at_10": round((0.2 + 0.5) / 3, 6), "queries": 3}
+    assert score(sub, gt) == {"map_at_10": 0.5, "trec_ap_at_10": round((0.2 + 0.5) / 3, 6), "queries": 3,
+                                "queries_without_relevant": 0}
 
 
 def test_score_refuses_out_of_order_texts(tmp_path):
@@ -159,3 +160,17 @@ def test_score_refuses_wrong_number_of_results(tmp_path):
     sub = write_submission(tmp_path / "submission.json", [("q0", names("a")), ("q1", names("b"))])
     with pytest.raises(InputError, match="2 results but ground truth .* has 3 lines"):
         score(sub, gt)
+
+
+def test_a_query_with_no_relevant_image_scores_zero_and_is_counted(tmp_path):
+    """As the organisers' scorer does: the query stays in the mean with AP 0 (users' own evaluation
+    sets have queries with nothing relevant in the gallery)."""
+    gt = tmp_path / "gt.txt"
+    gt.write_text("q0$r1.jpg\nq1\nq2$\n", encoding="utf-8")
+    assert read_ground_truth(gt) == [("q0", ["r1.jpg"]), ("q1", []), ("q2", [])]
+    sub = tmp_path / "submission.json"
+    write_submission(sub, [("q0", ["r1.jpg"] + [f"x{i}.jpg" for i in range(9)]),
+                           ("q1", [f"y{i}.jpg" for i in range(10)]), ("q2", [f"z{i}.jpg" for i in range(10)])])
+    result = score(sub, gt)
+    assert result == {"map_at_10": round(1 / 3, 6), "trec_ap_at_10": round(1 / 3, 6), "queries": 3,
+                      "queries_without_relevant": 2}

@@ -78,6 +78,26 @@ def test_dags_have_no_cycles_and_the_training_order():
         assert task.upstream_task_ids == {"choose_runner"} and task.downstream_task_ids == {"record_train"}
 
 
+def test_the_training_graph_is_folded_into_groups_with_plain_task_ids():
+    dag = airflow.dagbag().dags["trafficlip_training"]
+    groups = {name: sorted(child.task_id for child in group.children.values())
+              for name, group in dag.task_group.children.items() if hasattr(group, "children")}
+    assert groups == {"data": ["augment", "prepare", "validate"],
+                      "training": ["choose_runner", "record_train", "train_docker", "train_kubernetes", "train_local"],
+                      "registry": ["evaluate", "promote", "register"], "delivery": ["predict", "report"]}
+    top_level = sorted(name for name, node in dag.task_group.children.items() if not hasattr(node, "children"))
+    assert top_level == ["configure", "restore_params"]
+
+
+def test_the_dags_are_active_when_loaded_and_say_when_training_runs():
+    """Chosen on purpose (tasks/orchestration/dag_defaults.py): weekly and data-triggered training is on
+    without anyone unpausing it; the schedule is in the description the DAG list shows."""
+    bag = airflow.dagbag()
+    assert {dag_id: dag.is_paused_upon_creation for dag_id, dag in bag.dags.items()} == dict.fromkeys(DAG_IDS, False)
+    description = bag.dags["trafficlip_training"].description
+    assert "Sundays 03:00 UTC" in description and "trafficlip-raw-data" in description
+
+
 def test_pools_serialise_dvc_work_and_promotion():
     dag = airflow.dagbag().dags["trafficlip_training"]
     for task_id in ("configure", "prepare", "augment", "choose_runner", "record_train", "evaluate", "predict"):

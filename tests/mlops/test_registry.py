@@ -326,3 +326,19 @@ def test_with_tracking_off_register_and_promote_write_skipped_reports(tracked, t
     params["mlflow"]["enabled"] = True  # a skipped registration cannot be promoted
     with pytest.raises(TrafficlipError, match="r.json: no registered version in it"):
         registry.promote(params, tmp_path / "r.json", tmp_path / "p.json")
+
+
+def test_a_registered_version_describes_its_metrics_data_evaluation_and_gate(tracked, tmp_path):
+    """What the registry UI shows on the version page, kept current: written at registration, the
+    gate's decision added by promote."""
+    name = unique_name("described")
+    registration = _register_real(tracked, name, tmp_path / "r.json")
+    version = MlflowClient().get_model_version(name, str(registration["version"]))
+    metrics = json.loads(tracked.metrics.read_text())
+    assert f"**mAP@10 {metrics['overall']['map_at_10']}" in version.description
+    assert f"data: `{version.tags['data_hash']}`" in version.description
+    assert version.tags["evaluation"] in version.description
+    assert "gate: not decided yet" in version.description
+    registry.promote(_params(name), tmp_path / "r.json", tmp_path / "p.json")
+    promoted = MlflowClient().get_model_version(name, str(registration["version"]))
+    assert "gate: promoted (no champion yet" in promoted.description

@@ -92,6 +92,26 @@ def test_lineage_names_the_dvc_lock_hashes_of_the_data_a_stage_reads(tmp_path, m
     assert "git.commit" not in tags  # not a git repository
 
 
+def test_the_dirty_flag_counts_an_uncommitted_data_version_but_not_the_runs_own_lock(tmp_path, monkeypatch):
+    """After `dvc add` of new data and before its commit, the run did not come from the commit alone:
+    git.dirty says so and git.uncommitted names the file; dvc.lock, which the run itself writes, is not
+    counted."""
+    from tests.support.workspace import run, tool_env
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("train: {}\n")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "x"]):
+        run(cmd, tmp_path, env=tool_env())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    assert tracking.lineage_tags("train")["git.dirty"] == "false"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "raw.dvc").write_text("outs: []\n")
+    tags = tracking.lineage_tags("train")
+    assert tags["git.dirty"] == "true" and tags["git.uncommitted"] == "data/raw.dvc"
+    (tmp_path / "params.yaml").write_text("train: {epochs: 1}\n")
+    assert tracking.lineage_tags("train")["git.uncommitted"] == "data/raw.dvc, params.yaml"
+
+
 def test_credentials_never_appear_in_messages():
     assert tracking.shown_uri("http://alice:s3cret@mlflow.internal:5000/x") == "http://mlflow.internal:5000/x"
     assert tracking.shown_uri("sqlite:////tmp/mlruns.db") == "sqlite:////tmp/mlruns.db"
@@ -107,3 +127,33 @@ def test_unreachable_server_is_one_clear_line_naming_the_uri_before_any_work(tmp
     error = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(error) == 1 and f"MLflow at {uri} is unreachable" in error[0], result.stderr
     assert not (tmp_path / "models").exists()
+
+
+def test_an_airflow_runs_steps_are_nested_under_one_pipeline_run_with_its_metrics(monkeypatch):
+    """In MLflow's run list one DAG run is one row (its steps nested below), named after the DAG run,
+    with the evaluation's mAP@10 as a column; outside Airflow a step's run stands alone."""
+    from mlflow import MlflowClient
+
+    from tests.support.evaluation import metrics
+    from tests.support.params import tracked_params, unique_name
+    METRICS = metrics()
+    params = tracked_params()
+    params["mlflow"]["experiment"] = unique_name("pipeline")
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_ID", "trafficlip_training")
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_RUN_ID", "manual__2026-12-06T10:00:00")
+    with tracking.start(params, "train") as train_run:
+        pass
+    with tracking.start(params, "evaluate") as eval_run:
+        tracking.log_pipeline_summary(eval_run, METRICS)
+    client = MlflowClient()
+    first, second = client.get_run(train_run.run_id), client.get_run(eval_run.run_id)
+    parent = first.data.tags["mlflow.parentRunId"]
+    assert second.data.tags["mlflow.parentRunId"] == parent
+    assert first.info.run_name == "train (manual__2026-12-06T10:00:00)"
+    pipeline = client.get_run(parent)
+    assert pipeline.info.run_name == "pipeline manual__2026-12-06T10:00:00"
+    assert pipeline.data.metrics["map_at_10"] == METRICS["overall"]["map_at_10"]
+    monkeypatch.delenv("AIRFLOW_CTX_DAG_RUN_ID")
+    with tracking.start(params, "predict") as alone:
+        pass
+    assert "mlflow.parentRunId" not in client.get_run(alone.run_id).data.tags

@@ -48,3 +48,33 @@ def test_only_the_form_fields_a_user_changed_are_applied():
     defaults = {"epochs": 8, "learning_rate": 0.001, "pretrained": ""}
     form = {"epochs": 8, "learning_rate": 0.002, "pretrained": None, "runner": "local", "data_revision": ""}
     assert orch.overrides_from_form(form, defaults) == {"train.lr": 0.002}
+
+
+def test_a_commands_output_reaches_the_task_log_as_it_comes(tmp_path, capfd):
+    """orchestration.run echoes stdout and stderr line by line while the command runs (a step's progress
+    shows in the task log), both to stdout, which Airflow logs at INFO (its stderr would read as errors)."""
+    import sys
+    script = tmp_path / "talk.py"
+    marker = tmp_path / "first-line-seen"
+    script.write_text(
+        "import sys, time, pathlib\n"
+        "print('progress: 1/2', file=sys.stderr, flush=True)\n"
+        f"marker = pathlib.Path({str(marker)!r})\n"
+        "for _ in range(200):\n"       # wait until the parent has echoed the first line: it streams
+        "    if marker.exists(): break\n"
+        "    time.sleep(0.05)\n"
+        "print('{\"done\": true}', flush=True)\n")
+    import threading
+    seen = threading.Event()
+
+    def watch():
+        while not seen.is_set():
+            if "progress: 1/2" in capfd.readouterr().out:
+                marker.write_text("")
+                seen.set()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    result = orch.run([sys.executable, str(script)], tmp_path, "a step")
+    seen.set()
+    assert marker.exists(), "the first line was not in the log before the command ended"
+    assert result.stdout == '{"done": true}\n' and result.stderr == "progress: 1/2\n"

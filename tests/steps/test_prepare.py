@@ -1,14 +1,30 @@
-"""The prepare step (tasks/steps/prepare.py) on a damaged dataset: only the good rows reach the image
-cache, and fail mode stops before writing one."""
+"""The prepare step (tasks/steps/prepare.py): on a damaged dataset only the good rows reach the image
+cache, and fail mode stops before writing one (or leaves the previous one as it was); the cache is the
+same bytes for any number of decoding processes, and the same as the in-memory prepare wrote before
+it streamed; a prepare killed mid-way leaves no half-written shard, and the next run completes."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import numpy as np
+import psutil
 import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import save_file
 
+from tasks.core import images, labels, models
+from tasks.core.atomic import write_json
 from tasks.core.errors import TrafficlipError
 from tasks.steps import prepare
+from tests.support import ROOT
 from tests.support.params import tiny_params
 
 
@@ -29,3 +45,116 @@ def test_prepare_with_fail_stops_before_writing_a_cache(damaged_raw, tmp_path):
         prepare.run(params, raw_copy, tmp_path / "prepared")
     assert (tmp_path / "prepared" / "validation_report.json").is_file()
     assert not (tmp_path / "prepared" / "train").exists()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _params(shard_size: int, workers: int, on_error: str = "quarantine") -> dict:
+    params = tiny_params()
+    params["prepare"].update(shard_size=shard_size, workers=workers)
+    params["data"]["on_error"] = on_error
+    return params
+
+
+def test_any_number_of_workers_writes_the_same_bytes(damaged_raw, tmp_path):
+    """The report, manifests, vocabulary, index and every shard: byte-for-byte the same with 1 process
+    and with a pool of 2, on a dataset with problems (quarantined) and shards that split the splits."""
+    raw_copy, _ = damaged_raw
+    outputs = {}
+    for workers in (1, 2):
+        prepare.run(_params(5, workers), raw_copy, tmp_path / f"w{workers}")
+        outputs[workers] = _files(tmp_path / f"w{workers}")
+    assert outputs[1].keys() == outputs[2].keys()
+    assert {"train/images-00014.safetensors", "validation_report.json", "test/manifest.json"} <= outputs[1].keys()
+    for name, data in outputs[1].items():
+        assert outputs[2][name] == data, name
+    assert not [name for name in outputs[1] if "/." in f"/{name}"]            # no temporaries left
+
+
+def _serial_in_memory_cache(raw: Path, split: str, size: int, shard_size: int, folder: Path) -> None:
+    """The cache as prepare wrote it before it streamed (commit b01833e): every image of the split
+    decoded in order in this process and kept in a list, then each shard stacked and written by
+    safetensors' save_file, and the index."""
+    if split == "test":
+        paths = sorted(p for p in (raw / "test" / "test_images").iterdir() if p.is_file())
+    else:
+        paths = [raw / p for p in dict.fromkeys(r.image_path for r in labels.read_split(raw, split).records)]
+    arrays = [images.prepare_image(images.load_image(path), size) for path in paths]
+    folder.mkdir(parents=True)
+    shards = []
+    for start in range(0, max(len(arrays), 1), shard_size):
+        chunk = arrays[start:start + shard_size]
+        name = f"images-{start // shard_size:05d}.safetensors"
+        save_file({"images": torch.from_numpy(np.stack(chunk)).contiguous()}, str(folder / name))
+        shards.append(name)
+    write_json(folder / "images.json", {"image_size": size, "count": len(arrays), "shard_size": shard_size,
+                                        "shards": shards})
+
+
+def test_the_streamed_cache_is_what_the_in_memory_prepare_wrote(tiny_raw, tmp_path):
+    prepare.run(_params(7, 2), tiny_raw, tmp_path / "prepared")
+    size = json.loads((tmp_path / "prepared" / "train" / "images.json").read_text())["image_size"]
+    for split in ("train", "val", "test"):
+        _serial_in_memory_cache(tiny_raw, split, size, 7, tmp_path / "reference" / split)
+        reference, streamed = _files(tmp_path / "reference" / split), _files(tmp_path / "prepared" / split)
+        assert len(reference) > 3 and reference.keys() <= streamed.keys()
+        for name, data in reference.items():
+            assert streamed[name] == data, f"{split}/{name}"
+
+
+def test_a_failing_check_leaves_the_previous_cache_as_it_was(damaged_raw, tiny_raw, tmp_path):
+    out = tmp_path / "prepared"
+    prepare.run(_params(7, 2), tiny_raw, out)
+    before = {name: data for name, data in _files(out).items() if name != "validation_report.json"}
+    with pytest.raises(TrafficlipError, match="validation failed with 3 problem"):
+        prepare.run(_params(7, 2, on_error="fail"), damaged_raw[0], out)
+    after = _files(out)
+    assert json.loads(after.pop("validation_report.json"))["problems"] == 3
+    assert after == before
+
+
+def _slow_to_decode(raw: Path) -> None:
+    """Make the training images large (each takes tens of milliseconds to decode and shrink)."""
+    for path in sorted((raw / "train" / "train_images").iterdir()):
+        with Image.open(path) as image:
+            image.convert("RGB").resize((1000, 1000)).save(path, "JPEG", quality=90)
+
+
+def test_a_prepare_killed_mid_way_leaves_no_half_shard_and_the_next_run_completes(raw_copy, tmp_path):
+    _slow_to_decode(raw_copy)
+    out = tmp_path / "prepared"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_params(1, 2)))
+    process = subprocess.Popen([sys.executable, "-m", "tasks", "prepare", "--params", str(tmp_path / "params.yaml"),
+                                "--data", str(raw_copy), "--out", str(out)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while not list(out.glob(".train.*.tmp/images-00002.safetensors")):   # three shards written
+            assert process.poll() is None, f"prepare ended first: {process.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "no shard written in 120 s"
+            time.sleep(0.005)
+        workers = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+    assert len(workers) >= 2
+    # the pool's processes notice that their parent is gone and exit
+    _, alive = psutil.wait_procs(workers, timeout=20)
+    assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+    # what it left: temporaries only; every shard under its final name is complete
+    assert not (out / "train").exists() and not (out / "validation_report.json").exists()
+    shards = list(out.rglob("images-*.safetensors"))
+    assert len(shards) >= 3
+    size = models.image_size_of(tiny_params()["model"]["name"])
+    for shard in shards:
+        images.read_shard_layout(shard, 1, size)                 # complete: its header and length agree
+    # the next run removes them and writes the whole cache, as a run that was never interrupted
+    prepare.run(_params(1, 2), raw_copy, out)
+    prepare.run(_params(1, 2), raw_copy, tmp_path / "clean")
+    assert _files(out) == _files(tmp_path / "clean")
+    assert len(list((out / "train").glob("images-*.safetensors"))) == 72

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from tasks.core import models
+from tasks.core.images import ImageCache, write_cache
 from tasks.steps import train
 from tests.support.params import tiny_params
 from tests.support.weights import assert_same_weights
@@ -51,3 +53,20 @@ def test_changed_params_do_not_resume_a_stale_checkpoint(tiny_prepared, tmp_path
     summary = train.run(tiny_params(epochs=2, lr=1e-3), tiny_prepared, tmp_path / "m", tmp_path / "r")
     rows = (tmp_path / "r" / "train_steps.csv").read_text().splitlines()
     assert len(rows) == summary["steps"] + 1  # every step was trained afresh
+
+
+def test_batches_read_from_the_cache_train_exactly_as_the_split_in_memory(tiny_prepared, tmp_path):
+    """Training reads each batch's images from the cache by index (no whole split in memory). The
+    images a batch gets do not depend on how the cache is cut into shards: one shard, or shards of 5
+    that every batch crosses, train bit-for-bit the same weights (CPU)."""
+    resharded = tmp_path / "prepared"
+    shutil.copytree(tiny_prepared, resharded)
+    whole = ImageCache(tiny_prepared / "train")
+    shutil.rmtree(resharded / "train")
+    write_cache(resharded / "train", whole.all().numpy(), whole.size, shard_size=5)
+    shutil.copy(tiny_prepared / "train" / "manifest.json", resharded / "train" / "manifest.json")
+    assert len(ImageCache(resharded / "train").shards) == -(-len(whole) // 5)
+    params = tiny_params(epochs=1)
+    train.run(params, tiny_prepared, tmp_path / "a", tmp_path / "ra")
+    train.run(params, resharded, tmp_path / "b", tmp_path / "rb")
+    assert_same_weights(tmp_path / "a" / "model", tmp_path / "b" / "model")

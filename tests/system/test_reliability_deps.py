@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from tasks.core.errors import TrafficlipError
+from tasks.core.errors import ServiceError, StepFailed, TrafficlipError, UserError
 from tasks.orchestration import workspace as orch
 from tests.support import ROOT, cli, net
 from tests.support.workspace import make_workspace, run, tool_env
@@ -135,8 +135,8 @@ def test_unreachable_dvc_remote_fails_retryably_and_the_log_names_it(dvc_repo, t
     # the message itself names the remote and DVC's ERROR line, not its closing advice
     assert "DVC remote 'store'" in str(info.value) and named in str(info.value) and "ERROR" in str(info.value)
     assert "Having any troubles" not in str(info.value)
-    log = capfd.readouterr()
-    assert named in log.err and "Traceback" not in log.err, log.err
+    log = capfd.readouterr()      # the task log: DVC's output echoed to stdout (Airflow logs stderr as errors)
+    assert named in log.out and "Traceback" not in log.out, log.out
 
 
 def test_a_service_error_is_retried_by_the_dag_and_a_user_error_is_not(tmp_path):
@@ -145,9 +145,11 @@ def test_a_service_error_is_retried_by_the_dag_and_a_user_error_is_not(tmp_path)
     script.write_text("import sys; print('boom', file=sys.stderr); sys.exit(int(sys.argv[1]))")
     with pytest.raises(TrafficlipError) as service:
         orch.run([sys.executable, str(script), "75"], tmp_path, "a step")
-    assert not isinstance(service.value, orch.UserError)
-    with pytest.raises(orch.UserError):
+    assert isinstance(service.value, ServiceError)
+    with pytest.raises(UserError):
         orch.run([sys.executable, str(script), "2"], tmp_path, "a step")
+    with pytest.raises(StepFailed, match="exit status 1"):       # a crash: neither, and retried
+        orch.run([sys.executable, str(script), "1"], tmp_path, "a step")
 
 
 @pytest.mark.e2e    # a workspace, two ingests and DVC pushes

@@ -1,0 +1,384 @@
+"""Benchmark: prepare and training's image reads as the dataset grows (the real one has 153,728 images).
+
+Prepare at 224 px (``model.name`` ViT-B-16: only its config is read, for the input size; no weights are
+built) on demo data of each ``--counts`` size (tasks/demo/synth.py, all three splits together), three ways:
+
+- ``reference``: the prepare of commit b01833e, kept here: one process decodes every image of every
+  split into lists of arrays (the scan keeps them all), and only then writes each split, each shard
+  stacked into one more array and saved by safetensors;
+- ``ours xN``: tasks/steps/prepare.py with ``prepare.workers`` N: decoded on N processes, in order,
+  each image streamed into its shard file.
+
+Training's per-process memory over ``--train-steps`` steps of ``--train-batch`` pairs (drawn across the
+whole training split) with a 224-px model (TrafficCLIP-TinyViT's layers at 224 px, patch 32,
+registered here), on the cache each size's prepare wrote, two ways: ``per batch`` (tasks/steps/train.py:
+each batch's images read from the cache by index) and ``.all()`` (the whole split in memory first, as
+train.py did before, by handing train.py a cache that holds ``ImageCache.all()``).
+
+Each run is a fresh process (this script with ``--measure``), so imports and the page cache are
+shared alike. Reported per run: wall time of the step itself (imports excluded) and images/s; the
+resident memory before the step (imports: torch and open_clip are most of it) and the step's peak
+(``VmHWM`` of the step's process, reset after the imports), and for prepare the peak of the process
+tree: that plus the peak of its decoding workers' resident memory (summed, sampled every 20 ms by
+psutil from this process; shared library pages count once per process, so it overstates a little).
+Checks: the three prepares write the same bytes (every file); both training ways end with the same
+weights.
+
+Targets (the issue "The real dataset's scale"): peak memory at the largest size at most 1.25x the peak
+at 10,000 images; prepare with 2 workers at least 1.7x as fast as with 1 (on 2 free cores: a busy
+machine gives less).
+
+    python benchmarks/scale.py [--counts 1000,10000,20000] [--workers 1,2] [--train-steps 20]
+                               [--results benchmarks/results.md]   # `make bench-scale`
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _common import (  # noqa: E402
+    MEASURE_PREFIX,
+    machine,
+    peak_mb,
+    report_measurement,
+    reset_peak,
+    rss_mb,
+    section_markers,
+    verdict,
+)
+
+MODEL_224 = "ViT-B-16"                  # prepare reads its config's input size only
+TRAIN_MODEL = "TrafficCLIP-Scale224"    # registered by this script in the measuring process
+SECTION_START, SECTION_END = section_markers("scale.py")
+
+
+# ---------------------------------------------------------------------------------------------
+# In the measuring process
+# ---------------------------------------------------------------------------------------------
+
+def reference_prepare(params: dict, data: Path, out: Path) -> dict:
+    """The prepare of commit b01833e: every image decoded, serially, into lists first; then each split
+    written, each shard stacked (np.stack) and saved by safetensors. The scan is today's with a sink
+    that keeps every array, exactly what that scan's ``image_arrays`` did."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from tasks.core import models
+    from tasks.core.atomic import atomic_path, write_json
+    from tasks.core.dataset import enforce, scan
+    from tasks.core.images import ImageCache
+    from tasks.core.paths import MANIFEST, PREPARED_VALIDATION_REPORT, VOCABULARY
+    from tasks.steps import prepare
+
+    size = models.image_size_of(params["model"]["name"], params["model"]["pretrained"])
+    shard_size = params["prepare"]["shard_size"]
+    arrays: dict[str, list] = {"train": [], "val": [], "test": []}
+    result = scan(data, image_size=size, sink=lambda split, array: arrays[split].append(array), workers=1)
+    out.mkdir(parents=True, exist_ok=True)
+    enforce(result, params["data"]["on_error"], out / PREPARED_VALIDATION_REPORT)
+    for split, split_scan in result.splits.items():
+        folder = out / split
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        shards = []
+        for start in range(0, max(len(arrays[split]), 1), shard_size):
+            chunk = arrays[split][start:start + shard_size]
+            tensor = (torch.from_numpy(np.stack(chunk)) if chunk else torch.empty((0, size, size, 3), dtype=torch.uint8))
+            name = f"images-{start // shard_size:05d}.safetensors"
+            with atomic_path(folder / name) as tmp:
+                save_file({"images": tensor.contiguous()}, str(tmp))
+            shards.append(name)
+        write_json(folder / ImageCache.INDEX, {"image_size": size, "count": len(arrays[split]),
+                                               "shard_size": shard_size, "shards": shards})
+        manifest = (prepare._test_manifest(split_scan, size) if split == "test"
+                    else prepare._labelled_manifest(split, split_scan, size))
+        write_json(folder / MANIFEST, manifest)
+    write_json(out / VOCABULARY, result.vocabulary.as_dict())
+    return {split: {"images": s["images"]} for split, s in result.report["splits"].items()}
+
+
+def measure_prepare(method: str, workers: int, data: Path, out: Path) -> dict:
+    from tasks.core import models
+    from tasks.core import params as params_mod
+    from tasks.steps import prepare
+
+    params = params_mod.defaults()
+    params["model"]["name"] = MODEL_224
+    params["prepare"]["workers"] = workers
+    models.image_size_of(MODEL_224)          # open_clip imported before the baseline is read
+    before = rss_mb()
+    reset_peak()
+    started = time.perf_counter()
+    if method == "reference":
+        counts = reference_prepare(params, data, out)
+    else:
+        counts = prepare.run(params, data, out)["counts"]
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 2), "images": sum(c["images"] for c in counts.values()),
+            "rss_before_mb": round(before, 1), "peak_mb": round(peak_mb(), 1)}
+
+
+def _register_train_model(folder: Path) -> None:
+    from tasks.core import models
+    config = json.loads((models.CONFIG_DIR / "TrafficCLIP-TinyViT.json").read_text())
+    config["vision_cfg"].update(image_size=224, patch_size=32)
+    (folder / f"{TRAIN_MODEL}.json").write_text(json.dumps(config))
+    models.open_clip().add_model_config(folder / f"{TRAIN_MODEL}.json")
+
+
+class _WholeSplit:
+    """What train.py held before: ``ImageCache(folder).all()``, the whole split in one tensor."""
+
+    def __init__(self, folder):
+        from tasks.core.images import ImageCache
+        self.images = ImageCache(folder).all()
+        self.size = self.images.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, indices):
+        return self.images[indices]
+
+
+def measure_train(method: str, data: Path, work: Path, steps: int, batch: int) -> dict:
+    import random
+
+    from tasks.core import params as params_mod
+    from tasks.core.atomic import read_json, write_json
+    from tasks.steps import train
+
+    _register_train_model(work)
+    manifest = read_json(data / "train" / "manifest.json")
+    pairs = random.Random(0).sample(manifest["pairs"], min(len(manifest["pairs"]), steps * batch))
+    write_json(work / "manifest.json", {**manifest, "pairs": pairs})
+    params = params_mod.defaults()
+    params["model"]["name"] = TRAIN_MODEL
+    params["train"].update(epochs=1, batch_size=batch, warmup_steps=2, seed=0)
+    params["mlflow"]["enabled"] = False
+    if method == "all":
+        train.ImageCache = _WholeSplit
+    import torch  # noqa: F401  (imported before the baseline, as prepare's torch is)
+    before = rss_mb()
+    reset_peak()
+    started = time.perf_counter()
+    summary = train.run(params, data, work / "models", work / "reports", manifest_path=work / "manifest.json")
+    seconds = time.perf_counter() - started
+    weights = hashlib.sha256((work / "models" / "model" / "open_clip_model.safetensors").read_bytes()).hexdigest()
+    return {"seconds": round(seconds, 2), "steps": summary["steps"], "rss_before_mb": round(before, 1),
+            "peak_mb": round(peak_mb(), 1), "weights": weights[:16]}
+
+
+# ---------------------------------------------------------------------------------------------
+# In the parent: runs, the process tree's memory, the table
+# ---------------------------------------------------------------------------------------------
+
+def run_measured(args: list[str], timeout: float = 3600) -> dict:
+    """This script with ``--measure ...`` in a fresh process; its report, plus ``tree_peak_mb``: the step's
+    peak (its own VmHWM) plus the peak of its descendants' resident memory (the decoding workers),
+    summed and sampled every 20 ms."""
+    import psutil
+    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--measure", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE.parent)
+    workers_peak = 0.0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal workers_peak
+        try:
+            root = psutil.Process(process.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not stop.is_set():
+            total = 0
+            try:
+                for proc in root.children(recursive=True):
+                    try:
+                        total += proc.memory_info().rss
+                    except psutil.NoSuchProcess:
+                        pass
+            except psutil.NoSuchProcess:
+                return
+            workers_peak = max(workers_peak, total / 2 ** 20)
+            stop.wait(0.02)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        stop.set()
+        sampler.join()
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(MEASURE_PREFIX):
+            result = json.loads(line[len(MEASURE_PREFIX):])
+            return {**result, "workers_peak_mb": round(workers_peak, 1),
+                    "tree_peak_mb": round(result["peak_mb"] + workers_peak, 1)}
+    raise RuntimeError(f"--measure {' '.join(args)}: no measurement (exit {process.returncode}): {stderr[-3000:]}")
+
+
+def files_digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def markdown_section(text: str, seconds: float, command: str) -> str:
+    return (f"{SECTION_START}\n\n## scale.py\n\n`{command}` (`make bench-scale`, not part of `make bench`): "
+            f"ok, {seconds:.0f} s, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+            f"```\n{text.rstrip()}\n```\n\n{SECTION_END}\n")
+
+
+def write_results(path: Path, text: str, seconds: float, command: str) -> None:
+    """Put this run's output into ``path`` between the section markers (replacing an earlier one)."""
+    from tasks.core.atomic import write_text
+    old = path.read_text() if path.is_file() else ""
+    section = markdown_section(text, seconds, command)
+    pattern = re.compile(re.escape(SECTION_START) + ".*?" + re.escape(SECTION_END) + "\n?", re.S)
+    new = pattern.sub(lambda _: section, old) if pattern.search(old) else old.rstrip() + "\n\n" + section
+    write_text(path, new)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--counts", default="1000,10000,20000", help="dataset sizes (images, all splits)")
+    parser.add_argument("--workers", default="1,2", help="prepare.workers values measured")
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument("--train-counts", default="1000,10000", help="sizes whose caches training reads")
+    parser.add_argument("--results", help="also write the output into this markdown file (its scale.py section)")
+    parser.add_argument("--work", help="folder for the data (default: a temporary one, removed)")
+    parser.add_argument("--measure", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        kind, method, *rest = args.measure
+        if kind == "prepare":
+            result = measure_prepare(method, int(rest[0]), Path(rest[1]), Path(rest[2]))
+        else:
+            result = measure_train(method, Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]))
+        report_measurement(result)
+        return 0
+
+    from tasks.demo import synth
+    begun = time.perf_counter()
+    counts = [int(c) for c in args.counts.split(",")]
+    workers = [int(w) for w in args.workers.split(",")]
+    train_counts = [c for c in (int(c) for c in args.train_counts.split(",")) if c in counts]
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="trafficlip-scale-"))
+    lines: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    say(f"machine: {machine()}")
+    say(f"prepare at 224 px ({MODEL_224}'s input), shard_size 4096; training: {TRAIN_MODEL} (TinyViT layers, 224 px), "
+        f"{args.train_steps} steps of {args.train_batch} pairs")
+    methods = [("reference", 1)] + [("ours", w) for w in workers]
+    prepare_rows: dict[tuple[str, int], dict[int, dict]] = {m: {} for m in methods}
+    train_rows: dict[str, dict[int, dict]] = {"all": {}, "batch": {}}
+    same_output, same_weights = [], []
+    try:
+        for count in counts:
+            raw = work / f"raw-{count}"
+            started = time.perf_counter()
+            synth.generate(raw, vehicles=count // 2, pedestrians=count - count // 2, seed=11)
+            print(f"  generated {count} images in {time.perf_counter() - started:.0f} s", flush=True)
+            digests = {}
+            for method, n in methods:     # one after another at each size: load on the machine hits all alike
+                out = work / f"prepared-{count}-{method}{n}"
+                row = run_measured(["prepare", method, str(n), str(raw), str(out)])
+                prepare_rows[(method, n)][count] = row
+                print(f"  {count:>6} {method} x{n}: {row}", flush=True)
+                digests[(method, n)] = files_digest(out)
+                if (method, n) != ("ours", workers[0]):
+                    shutil.rmtree(out)
+            same_output.append(all(d == digests[methods[0]] for d in digests.values()))
+            kept = work / f"prepared-{count}-ours{workers[0]}"
+            if count in train_counts:
+                for method in ("all", "batch"):
+                    folder = work / f"train-{count}-{method}"
+                    folder.mkdir()
+                    row = run_measured(["train", method, str(kept), str(folder), str(args.train_steps),
+                                        str(args.train_batch)])
+                    train_rows[method][count] = row
+                    print(f"  {count:>6} train {method}: {row}", flush=True)
+                    shutil.rmtree(folder)
+                same_weights.append(train_rows["all"][count]["weights"] == train_rows["batch"][count]["weights"])
+            shutil.rmtree(kept)
+            shutil.rmtree(raw)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+    say()
+    say("prepare (all splits)   images   seconds   images/s   RSS before (imports)   peak RSS   peak of process tree")
+    for (method, n), rows in prepare_rows.items():
+        for count, r in rows.items():
+            name = "reference (serial)" if method == "reference" else f"ours, {n} worker{'s' if n > 1 else ''}"
+            say(f"{name:<22} {count:>6}   {r['seconds']:>7.1f}   {r['images'] / r['seconds']:>8.0f}   "
+                f"{r['rss_before_mb']:>17.0f} MB   {r['peak_mb']:>5.0f} MB   {r['tree_peak_mb']:>8.0f} MB")
+    say()
+    largest, base = max(counts), (10000 if 10000 in counts else None)
+    for (method, n), rows in prepare_rows.items():
+        name = "reference" if method == "reference" else f"ours x{n}"
+        first = rows[min(counts)]
+        growth = ", ".join(f"{c}: {rows[c]['tree_peak_mb'] / first['tree_peak_mb']:.2f}x" for c in counts)
+        say(f"growth ratio of the tree's peak, {name} (over {min(counts)} images): {growth}")
+    if base and largest > base:
+        for n in workers:
+            rows = prepare_rows[("ours", n)]
+            ratio = rows[largest]["tree_peak_mb"] / rows[base]["tree_peak_mb"]
+            say(f"peak at {largest} <= 1.25x peak at {base} (ours x{n}): {ratio:.2f}x: {verdict(ratio <= 1.25)}")
+        ratio = prepare_rows[methods[0]][largest]["tree_peak_mb"] / prepare_rows[methods[0]][base]["tree_peak_mb"]
+        say(f"(reference: peak at {largest} = {ratio:.2f}x its peak at {base})")
+    if 1 in workers and 2 in workers:
+        for count in counts:
+            one, two = prepare_rows[("ours", 1)][count], prepare_rows[("ours", 2)][count]
+            ratio = one["seconds"] / two["seconds"]
+            met = verdict(ratio >= 1.7)
+            say(f"ratio at {count}: 2 workers {ratio:.2f}x faster than 1 (target 1.7x): {met}")
+    for count in counts:
+        ratio = prepare_rows[methods[0]][count]["seconds"] / prepare_rows[("ours", workers[-1])][count]["seconds"]
+        say(f"ratio at {count}: ours x{workers[-1]} {ratio:.2f}x faster than the reference")
+    say(f"same output (every file's bytes, reference and ours x{'/x'.join(map(str, workers))}, every size): "
+        f"{'yes' if all(same_output) else 'NO'}")
+    if train_counts:
+        say()
+        say("training, one process       images in split   seconds   RSS before   peak RSS   peak - before")
+        for method, name in (("all", "whole split (.all())"), ("batch", "read per batch (ours)")):
+            for count, r in train_rows[method].items():
+                say(f"{name:<26} {count:>6} (all splits)   {r['seconds']:>7.1f}   {r['rss_before_mb']:>7.0f} MB   "
+                    f"{r['peak_mb']:>5.0f} MB   {r['peak_mb'] - r['rss_before_mb']:>8.0f} MB")
+        small, big = min(train_counts), max(train_counts)
+        if big > small:
+            for method, name in (("all", ".all()"), ("batch", "per batch")):
+                rows = train_rows[method]
+                say(f"training peak ratio {name}: {big} / {small} images = "
+                    f"{rows[big]['peak_mb'] / rows[small]['peak_mb']:.2f}x")
+        say(f"same weights (per batch vs .all(), every size): {'yes' if all(same_weights) else 'NO'}")
+    if args.results:
+        command = "python benchmarks/scale.py " + " ".join(a for a in sys.argv[1:])
+        write_results(Path(args.results), "\n".join(lines), time.perf_counter() - begun, command.strip())
+        print(f"wrote the scale.py section of {args.results}")
+    return 0 if all(same_output) and all(same_weights) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

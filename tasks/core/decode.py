@@ -1,0 +1,333 @@
+"""Decoding images: one loader for every step, and a pool of processes that decodes many in order.
+
+Cars are wide and people are tall; squashing them to a square distorts both, so every image is
+zero-padded to a square around its centre and then resized to the model's input size. Training,
+evaluation, prediction and search all use :func:`prepare_image` (also importable from
+``tasks.core.images``), so the geometry is identical.
+
+This module imports no torch (numpy and Pillow only), so that the pool's workers start in a fraction of
+a second and hold tens of megabytes, not torch's hundreds: :class:`Decoder` runs :func:`load_image` +
+:func:`prepare_image` on ``workers`` processes and yields the results in the order asked, with at most
+a small window of them in flight, whatever the number of images (`prepare` and `validate` stream a
+whole dataset through it: tasks/core/dataset.py).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from tasks.core.errors import InputError
+
+# A decompression bomb (a small file that decodes to gigapixels) is refused before decoding.
+MAX_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# the side an elongated image is shrunk to before padding when its padded square would exceed MAX_PIXELS
+MAX_PADDED_SIDE = 4096
+
+# The pool: plain subprocesses running ``python -c "from tasks.core.decode import serve; serve()"``, fed
+# tasks and read results through pipes (pickle). Why not multiprocessing: with "fork", the child inherits
+# the parent mid-state: the step has imported torch, whose OpenMP and allocator threads and locks a forked
+# child would copy half-held (a known deadlock; Python 3.12 warns on fork with threads). With "spawn" or
+# "forkserver", every worker first re-runs the parent's main script (as ``__mp_main__``): a script
+# without an ``if __name__ == "__main__"`` guard runs the whole job again in each worker, a heredoc
+# (``python - <<EOF``) breaks the pool outright, and a heavy main (Airflow's CLI) loads into every
+# worker. A subprocess is a spawn without that: a fresh interpreter that imports this module (numpy and
+# Pillow, ~0.2 s, ~40 MB) and nothing of the parent, the same on Linux, macOS and Windows. It also ends
+# cleanly when its parent dies, even by SIGKILL: its stdin reaches end-of-file.
+IMAGES_PER_TASK = 8              # images a worker decodes per task: amortises the pickling round trip
+TASKS_IN_FLIGHT_PER_WORKER = 4   # tasks handed out ahead per worker: keeps every worker busy, bounds memory
+
+
+def load_image(path: str | Path | bytes, label: str = "<image bytes>") -> Image.Image:
+    """Decode an image file to RGB, applying its EXIF orientation. Bad files raise InputError.
+
+    ``path`` may also be the encoded bytes of an image (the MLflow model's input); ``label`` then
+    names it in errors.
+    """
+    source = io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else Path(path)
+    path = label if isinstance(source, io.BytesIO) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)     # Pillow's notes on odd metadata ("Corrupt EXIF")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise InputError(path, f"image is {image.width}x{image.height} pixels", field="image",
+                                     expected=f"at most {MAX_PIXELS} pixels")
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                    rgba = image.convert("RGBA")
+                    background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+                    image = Image.alpha_composite(background, rgba)
+                if image.mode.startswith("I"):  # 16-bit (I;16, I;16B, ...) or 32-bit integer grey
+                    image = _sixteen_bit_to_grey(image)
+                return image.convert("RGB")
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(path, f"refused as a decompression bomb ({exc})", field="image",
+                         expected=f"at most {MAX_PIXELS} pixels") from None
+    except FileNotFoundError:
+        raise InputError(path, "image file not found", field="image", expected="an existing image file") from None
+    except Exception as exc:  # a damaged file can make a decoder raise anything (OSError, SyntaxError, struct.error)
+        reason = str(exc).replace(repr(source), str(path)) or type(exc).__name__
+        raise InputError(path, f"cannot decode image: {reason}", field="image",
+                         expected="a readable JPEG/PNG/BMP/WebP file") from None
+
+
+def _sixteen_bit_to_grey(image: Image.Image) -> Image.Image:
+    """16-bit grey to 8-bit by its full range (65535 -> 255), the same scale for every image: a dark
+    16-bit image stays dark. A 32-bit integer image ("I") is read the same way, unless all its values
+    already fit in 0..255 (an 8-bit image stored as I)."""
+    array = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16") or array.max(initial=0) > 255:
+        array = array / 257.0
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+
+
+def pad_to_square(image: Image.Image) -> Image.Image:
+    """Centre the image on a black square whose side is its longer edge."""
+    side = max(image.width, image.height)
+    if image.width == image.height:
+        return image
+    canvas = Image.new("RGB", (side, side), (0, 0, 0))
+    canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return canvas
+
+
+def prepare_image(image: Image.Image, size: int) -> np.ndarray:
+    """Pad to a square with zeros, resize to size x size (bicubic); uint8 [size, size, 3].
+
+    An image so elongated that its padded square would exceed MAX_PIXELS (a 100000 x 10 strip is
+    only a megapixel, its square 10 gigapixels) is first shrunk, aspect ratio kept, to a longer side
+    of MAX_PADDED_SIDE, so memory stays bounded; the geometry is the same up to rounding."""
+    side = max(image.width, image.height)
+    if side * side > MAX_PIXELS:
+        scale = MAX_PADDED_SIDE / side
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BICUBIC, reducing_gap=3.0)
+    square = pad_to_square(image)
+    if square.width != size:
+        square = square.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(square, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Many images, in order, on several processes
+# ---------------------------------------------------------------------------------------------
+
+class Decoded(NamedTuple):
+    """One file's outcome: the prepared array (None without a size, or on error), the original
+    (width, height), or the InputError's report entry (``InputError.as_dict()``)."""
+    array: np.ndarray | None
+    size: tuple[int, int] | None
+    error: dict | None
+
+
+def decode_file(path: str | Path, size: int | None) -> Decoded:
+    """Decode one file (and prepare it when ``size`` is given); a bad file is an outcome, not a raise."""
+    try:
+        image = load_image(path)
+        return Decoded(prepare_image(image, size) if size else None, image.size, None)
+    except InputError as exc:
+        return Decoded(None, None, exc.as_dict())
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:   # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_workers(workers: int) -> int:
+    """``prepare.workers``: 0 means every core this process may use."""
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    return workers or available_cores()
+
+
+class Decoder:
+    """Decodes files in order, on ``workers`` processes (1: in this process, no pool).
+
+    ``with Decoder(workers) as decoder: for outcome in decoder.map(paths, size): ...``: outcomes come in
+    the order of ``paths``. Tasks of IMAGES_PER_TASK files go to the least busy worker, at most
+    ``workers x TASKS_IN_FLIGHT_PER_WORKER`` of them ahead of the consumer, so memory holds a bounded
+    window of decoded images whatever the number of files. Workers start as tasks need them (up to
+    ``workers``), serve every later ``map``, and stop on ``close`` (or leaving the ``with``).
+    """
+
+    def __init__(self, workers: int = 1):
+        self.workers = resolve_workers(workers)
+        self._pool: list[_Worker] = []
+        self._done = threading.Condition()
+        self._results: dict[int, tuple] = {}
+        self._next_task = 0
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        self.close(kill=kind is not None)
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers: each finishes what it has and exits at the end of its input (at once with
+        ``kill``)."""
+        pool, self._pool = self._pool, []
+        for worker in pool:
+            worker.stop(kill)
+        self._results.clear()
+
+    def map(self, paths: Iterable[str | Path], size: int | None) -> Iterator[Decoded]:
+        """Each path's :class:`Decoded`, in order."""
+        if self.workers == 1:
+            for path in paths:
+                yield decode_file(path, size)
+            return
+        batches = _batches((str(p) for p in paths), IMAGES_PER_TASK)
+        window = self.workers * TASKS_IN_FLIGHT_PER_WORKER
+        owner: dict[int, _Worker] = {}
+        wanted, exhausted = self._next_task, False
+        try:
+            while True:
+                while not exhausted and self._next_task - wanted < window:   # hand out tasks up to the window
+                    batch = next(batches, None)
+                    if batch is None:
+                        exhausted = True
+                        break
+                    worker = self._least_busy()
+                    worker.send(self._next_task, batch, size)
+                    owner[self._next_task] = worker
+                    self._next_task += 1
+                if wanted == self._next_task:
+                    return
+                outcomes = self._take(wanted, owner.pop(wanted))
+                wanted += 1
+                yield from outcomes
+        finally:
+            if owner:     # left before the end (an error): results still coming would be nobody's
+                self.close(kill=True)
+
+    def _least_busy(self) -> _Worker:
+        """The worker with the fewest tasks; a new one while every worker has some and there are fewer
+        than ``workers`` (a small dataset starts only the workers it keeps busy)."""
+        if len(self._pool) < self.workers and all(w.outstanding for w in self._pool):
+            self._pool.append(_Worker(len(self._pool), self._done, self._results))
+        return min(self._pool, key=lambda w: w.outstanding)
+
+    def _take(self, task: int, worker: _Worker) -> list[Decoded]:
+        with self._done:
+            while task not in self._results and worker.failure is None:
+                self._done.wait()
+            if task not in self._results:
+                raise RuntimeError(worker.failure)
+            kind, payload = self._results.pop(task)
+        worker.outstanding -= 1
+        if kind == "raised":    # not a bad image (those are outcomes) but a failure of the decoder itself
+            raise payload
+        return [Decoded(*outcome) for outcome in payload]
+
+
+class _Worker:
+    """One decoding process and the thread that reads its results into ``results``."""
+
+    def __init__(self, number: int, done: threading.Condition, results: dict):
+        package_root = str(Path(__file__).resolve().parents[2])   # the folder holding ``tasks``
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)}
+        self.number, self.outstanding, self.failure = number, 0, None
+        self.process = subprocess.Popen([sys.executable, "-c", "from tasks.core.decode import serve; serve()"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._done, self._results = done, results
+        self._reader = threading.Thread(target=self._read, name=f"decoder-{number}", daemon=True)
+        self._reader.start()
+
+    def send(self, task: int, paths: list[str], size: int | None) -> None:
+        try:
+            pickle.dump((task, paths, size), self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.process.stdin.flush()
+        except OSError:    # it died: the reader thread has the reason, or will have it
+            self._reader.join(5)
+            raise RuntimeError(self.failure or f"decoding process {self.number} stopped") from None
+        self.outstanding += 1
+
+    def _read(self) -> None:
+        try:
+            while True:
+                task, result = pickle.load(self.process.stdout)
+                with self._done:
+                    self._results[task] = result
+                    self._done.notify_all()
+        except Exception:   # end of its output: it exited (or was killed)
+            code = self.process.wait()
+            with self._done:
+                self.failure = (f"decoding process {self.number} (pid {self.process.pid}) exited with status {code}"
+                                + (" (out of memory?)" if code in (-9, 137) else ""))
+                self._done.notify_all()
+
+    def stop(self, kill: bool) -> None:
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        if kill:
+            self.process.kill()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(5)
+        self.process.stdout.close()
+
+
+def serve() -> None:
+    """A decoding process: read tasks ``(id, paths, size)`` from stdin, write ``(id, result)`` to stdout,
+    until stdin ends (the parent closed it, or died). Bad images are outcomes; anything else raised is
+    sent back to be raised in the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole process group: the parent handles it
+    tasks, results = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)                                  # a stray print() goes to stderr, not into the results
+    while True:
+        try:
+            task, paths, size = pickle.load(tasks)
+        except EOFError:
+            return
+        try:
+            result = ("ok", [tuple(decode_file(path, size)) for path in paths])
+        except Exception as exc:
+            try:
+                pickle.dumps(exc)
+                result = ("raised", exc)
+            except Exception:
+                result = ("raised", RuntimeError(f"{type(exc).__name__}: {exc}"))
+        try:
+            pickle.dump((task, result), results, protocol=pickle.HIGHEST_PROTOCOL)
+            results.flush()
+        except BrokenPipeError:                    # the parent is gone
+            return
+
+
+def _batches(items: Iterator[str], n: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
