@@ -14,6 +14,8 @@ DEMO_VEHICLES ?= 4000
 DEMO_PEDESTRIANS ?= 4000
 DEMO_HOLDOUT ?= 0.06
 DEMO_SEED ?= 0
+# the training DAG's run configuration for `make run` (its trigger form's fields: runner, epochs, ...)
+RUN_CONF ?= {"runner": "local"}
 
 # the MLflow UI (`make ui`) over the embedded store that `make run` fills
 MLFLOW_PORT ?= 5000
@@ -47,7 +49,7 @@ run: $(STAMP)
 	@echo "== Airflow metadata database and pools ($(AIRFLOW_HOME_DIR))"
 	@$(AIRFLOW_ENV) trafficlip airflow-setup > $(AIRFLOW_HOME_DIR)/setup.log 2>&1 || { cat $(AIRFLOW_HOME_DIR)/setup.log; exit 1; }
 	@echo "== airflow dags test trafficlip_training (runner local; the full log: $(AIRFLOW_HOME_DIR)/dags-test.log)"
-	@set -o pipefail; $(AIRFLOW_ENV) airflow dags test trafficlip_training --conf '{"runner": "local"}' 2>&1 \
+	@set -o pipefail; $(AIRFLOW_ENV) airflow dags test trafficlip_training --conf '$(RUN_CONF)' 2>&1 \
 	  | $(BIN)/python -m tasks.orchestration.live $(AIRFLOW_HOME_DIR)/dags-test.log \
 	  || { tail -n 60 $(AIRFLOW_HOME_DIR)/dags-test.log; exit 1; }
 	@grep -E "Marking run .* (successful|failed)" $(AIRFLOW_HOME_DIR)/dags-test.log | tail -n 1 | sed 's/.*Marking run/run/' || true

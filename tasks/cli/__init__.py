@@ -8,8 +8,10 @@ only when TRAFFICLIP_DEBUG=1.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 import traceback
 
 from tasks.core.errors import SERVICE_EXIT, USER_EXIT, TrafficlipError, exit_status
@@ -21,11 +23,24 @@ def _is_mlflow_error(exc: Exception) -> bool:
     return mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException)
 
 
+def _report_resources(command: str, seconds: float) -> None:
+    """A step's last log line: its time and peak memory (what sizing a machine for the real dataset
+    needs), where the step logged at all (tasks/core/log.py ``setup``)."""
+    logger = logging.getLogger(f"trafficlip.{command}")
+    if not logging.getLogger().handlers or not logger.isEnabledFor(logging.INFO):
+        return
+    from tasks.core.log import duration, peak_memory_mb
+    logger.info("finished in %s; peak memory %.0f MB", duration(seconds), peak_memory_mb())
+
+
 def main(argv: list[str] | None = None) -> int:
     from tasks.cli.parser import build_parser
     args = build_parser().parse_args(argv)
+    started = time.perf_counter()
     try:
-        return args.func(args)
+        status = args.func(args)
+        _report_resources(args.command, time.perf_counter() - started)
+        return status
     except TrafficlipError as exc:
         print(f"trafficlip {args.command}: error: {exc}", file=sys.stderr)
         return exit_status(exc)

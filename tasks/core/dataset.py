@@ -2,8 +2,8 @@
 line, field and reason, every image referenced decoded once (padded and resized when a size is given).
 
 ``scan`` streams: each split's images are decoded in order (on ``workers`` processes:
-tasks/core/decode.py) and each prepared array goes to ``sink(split, array)`` as it comes, never into
-a list, so scanning holds the labels and each image's name and original size, not its pixels: memory
+tasks/core/decode.py) and each prepared array goes to ``sink(split, array, digest)`` as it comes, never
+into a list, so scanning holds the labels and each image's name and original size, not its pixels: memory
 does not grow with the images' size or number. ``enforce`` applies ``data.on_error``: ``fail`` stops
 (the report is written first), ``quarantine`` goes on without the bad rows. Always: input rows = kept
 + quarantined. Used by the `validate` and `prepare` steps and by the ingest DAG.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -25,7 +25,9 @@ from tasks.core.labels import IMAGE_EXTENSIONS, Query, Record, Vocabulary
 
 ON_ERROR = ("fail", "quarantine")
 
-Sink = Callable[[str, np.ndarray], None]     # (split, prepared uint8 [S, S, 3] image), in cache order
+# (split, prepared uint8 [S, S, 3] image, SHA-256 of its file or None), in cache order; the image is None
+# when the file's digest was known (``scan(known=...)``): the sink has that image already
+Sink = Callable[[str, np.ndarray | None, bytes | None], None]
 
 
 @dataclass
@@ -33,7 +35,9 @@ class SplitScan:
     records: list[Record] = field(default_factory=list)
     image_paths: list[str] = field(default_factory=list)       # unique decoded images, in first-seen order
     image_sizes: list[tuple[int, int]] = field(default_factory=list)   # original (width, height)
+    image_digests: list[bytes] = field(default_factory=list)    # SHA-256 of each image's file (with known)
     queries: list[Query] = field(default_factory=list)          # test split only
+    reused: int = 0                                              # images whose digest was known: not decoded
 
 
 @dataclass
@@ -49,11 +53,14 @@ class Scan:
 
 
 def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None = None, workers: int = 1,
-         progress: Callable | None = None) -> Scan:
+         progress: Callable | None = None, known: Mapping[bytes, tuple[int, int]] | None = None) -> Scan:
     """Parse labels and decode every referenced image once, on ``workers`` processes (0: every core).
 
-    With ``image_size``, each decoded image is padded, resized and handed to ``sink(split, array)``,
-    in the order of the split's ``image_paths`` (the cache's order); nothing keeps the arrays.
+    With ``image_size``, each decoded image is padded, resized and handed to ``sink(split, array,
+    digest)``, in the order of the split's ``image_paths`` (the cache's order); nothing keeps the arrays.
+    With ``known`` (SHA-256 of a file's bytes -> that image's original (width, height); may be empty),
+    every file is hashed (``image_digests``) and a file whose digest is known is not decoded: its size
+    comes from ``known`` and the sink gets None for the array.
     """
     root = Path(root)
     if not root.is_dir():
@@ -64,7 +71,7 @@ def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None =
     rejected: list[dict] = []
     splits: dict[str, SplitScan] = {}
     summary: dict[str, dict] = {}
-    with Decoder(workers) as decoder:
+    with Decoder(workers, None if known is None else frozenset(known)) as decoder:
         for split in labels.SPLITS:
             parsed = labels.read_split(root, split)
             for error in parsed.errors:
@@ -82,7 +89,7 @@ def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None =
                 elif path in decoded:
                     error = None
                 else:   # the first record of this image: the next outcome is its own
-                    error = _take(next(outcomes), split, path, result, sink)
+                    error = _take(next(outcomes), split, path, result, sink, known)
                     if error is None:
                         decoded.add(path)
                     else:
@@ -98,25 +105,35 @@ def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None =
                               "images": len(result.image_paths), "by_category": by_category}
             splits[split] = result
         vocabulary = labels.extract_vocabulary(splits["train"].records)
-        splits["test"], summary["test"] = _scan_test(root, image_size, vocabulary, rejected, progress, decoder, sink)
+        splits["test"], summary["test"] = _scan_test(root, image_size, vocabulary, rejected, progress, decoder, sink,
+                                                     known)
     report = {"data": str(root), "splits": summary, "vocabulary": vocabulary.as_dict(),
               "rejected": rejected, "problems": len(rejected)}
     return Scan(root, report, splits, vocabulary)
 
 
-def _take(outcome: Decoded, split: str, relative: str, result: SplitScan, sink: Sink | None) -> dict | None:
-    """Record one decoded image (its name and original size; its array to the sink); its error if bad."""
+def _take(outcome: Decoded, split: str, relative: str, result: SplitScan, sink: Sink | None,
+          known: Mapping[bytes, tuple[int, int]] | None) -> dict | None:
+    """Record one decoded image (its name, original size and digest; its array to the sink); its error
+    if bad. A reused image (its digest known) is recorded the same way, its size from ``known``."""
     if outcome.error is not None:
         return outcome.error
     result.image_paths.append(relative)
-    result.image_sizes.append(outcome.size)
-    if sink is not None and outcome.array is not None:
-        sink(split, outcome.array)
+    if outcome.reused:
+        result.image_sizes.append(tuple(known[outcome.digest]))
+        result.reused += 1
+    else:
+        result.image_sizes.append(outcome.size)
+    if outcome.digest is not None:
+        result.image_digests.append(outcome.digest)
+    if sink is not None and (outcome.array is not None or outcome.reused):
+        sink(split, outcome.array, outcome.digest)
     return None
 
 
 def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejected: list[dict],
-               progress: Callable | None, decoder: Decoder, sink: Sink | None) -> tuple[SplitScan, dict]:
+               progress: Callable | None, decoder: Decoder, sink: Sink | None,
+               known: Mapping[bytes, tuple[int, int]] | None) -> tuple[SplitScan, dict]:
     result = SplitScan()
     text_file = root / "test" / "test_text.txt"
     image_dir = root / "test" / "test_images"
@@ -141,7 +158,7 @@ def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejec
     quarantined = 0
     for path in (progress(files, len(files), "decode test") if progress else files):
         relative = path.relative_to(root).as_posix()
-        error = refused[path] or _take(next(outcomes), "test", relative, result, sink)
+        error = refused[path] or _take(next(outcomes), "test", relative, result, sink, known)
         if error is None:
             continue
         quarantined += 1

@@ -14,6 +14,7 @@ whole dataset through it: tasks/core/dataset.py).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -50,14 +51,22 @@ IMAGES_PER_TASK = 8              # images a worker decodes per task: amortises t
 TASKS_IN_FLIGHT_PER_WORKER = 4   # tasks handed out ahead per worker: keeps every worker busy, bounds memory
 
 
-def load_image(path: str | Path | bytes, label: str = "<image bytes>") -> Image.Image:
+def load_image(path: str | Path | bytes, label: str = "<image bytes>", *, data: bytes | None = None) -> Image.Image:
     """Decode an image file to RGB, applying its EXIF orientation. Bad files raise InputError.
 
     ``path`` may also be the encoded bytes of an image (the MLflow model's input); ``label`` then
-    names it in errors.
+    names it in errors. ``data``: the file's bytes, already read (:func:`read_file`); they are decoded
+    and ``path`` only names them, with the same messages as a decode from the file.
     """
-    source = io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else Path(path)
-    path = label if isinstance(source, io.BytesIO) else source
+    if isinstance(path, (bytes, bytearray)):
+        source, shown = io.BytesIO(path), label
+        path = label
+    elif data is not None:
+        source, shown = io.BytesIO(data), repr(str(path))   # as Pillow names a file it opened itself
+        path = Path(path)
+    else:
+        source = path = Path(path)
+        shown = str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)     # Pillow's notes on odd metadata ("Corrupt EXIF")
@@ -83,7 +92,7 @@ def load_image(path: str | Path | bytes, label: str = "<image bytes>") -> Image.
     except FileNotFoundError:
         raise InputError(path, "image file not found", field="image", expected="an existing image file") from None
     except Exception as exc:  # a damaged file can make a decoder raise anything (OSError, SyntaxError, struct.error)
-        reason = str(exc).replace(repr(source), str(path)) or type(exc).__name__
+        reason = str(exc).replace(repr(source), shown) or type(exc).__name__
         raise InputError(path, f"cannot decode image: {reason}", field="image",
                          expected="a readable JPEG/PNG/BMP/WebP file") from None
 
@@ -131,19 +140,57 @@ def prepare_image(image: Image.Image, size: int) -> np.ndarray:
 
 class Decoded(NamedTuple):
     """One file's outcome: the prepared array (None without a size, or on error), the original
-    (width, height), or the InputError's report entry (``InputError.as_dict()``)."""
+    (width, height), or the InputError's report entry (``InputError.as_dict()``).
+
+    With known digests (``Decoder(known=...)``): ``digest`` is the SHA-256 of the file's bytes (the
+    bytes that were decoded), and ``reused`` says the digest was known, so the file was read and
+    hashed but not decoded (``array`` and ``size`` are None: the caller has them)."""
     array: np.ndarray | None
     size: tuple[int, int] | None
     error: dict | None
+    digest: bytes | None = None
+    reused: bool = False
 
 
-def decode_file(path: str | Path, size: int | None) -> Decoded:
-    """Decode one file (and prepare it when ``size`` is given); a bad file is an outcome, not a raise."""
+def read_file(path: str | Path) -> bytes:
+    """A file's bytes; a missing or unreadable file is the InputError that decoding it would give."""
     try:
-        image = load_image(path)
-        return Decoded(prepare_image(image, size) if size else None, image.size, None)
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(path, "image file not found", field="image", expected="an existing image file") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot decode image: {exc}", field="image",
+                         expected="a readable JPEG/PNG/BMP/WebP file") from None
+
+
+def decode_file(path: str | Path, size: int | None, known: frozenset[bytes] | None = None) -> Decoded:
+    """Decode one file (and prepare it when ``size`` is given); a bad file is an outcome, not a raise.
+
+    With ``known`` (a set of SHA-256 digests, possibly empty), the file is read once, hashed, and
+    decoded from those same bytes unless its digest is known (then it is not decoded at all)."""
+    try:
+        if known is None:
+            image, digest = load_image(path), None
+        else:
+            data = read_file(path)
+            digest = hashlib.sha256(data).digest()
+            if digest in known:
+                return Decoded(None, None, None, digest, True)
+            image = load_image(path, data=data)
+        return Decoded(prepare_image(image, size) if size else None, image.size, None, digest)
     except InputError as exc:
         return Decoded(None, None, exc.as_dict())
+
+
+def fingerprint(size: int) -> str:
+    """What a prepared image is a function of, besides its file's bytes: this module's code (loading,
+    padding, resizing), the versions of Pillow, its JPEG library and numpy, and the size. Two decodes
+    with equal file digests and equal fingerprints give the same bytes, so a cache keyed by both can
+    hand back an earlier decode instead of decoding again (`prepare`'s reuse: tasks/steps/prepare.py)."""
+    from PIL import features
+
+    text = "\0".join((Image.__version__, str(features.version_codec("jpg")), np.__version__, str(size)))
+    return hashlib.sha256(Path(__file__).read_bytes() + b"\0" + text.encode()).hexdigest()
 
 
 def available_cores() -> int:
@@ -165,14 +212,16 @@ class Decoder:
     """Decodes files in order, on ``workers`` processes (1: in this process, no pool).
 
     ``with Decoder(workers) as decoder: for outcome in decoder.map(paths, size): ...``: outcomes come in
-    the order of ``paths``. Tasks of IMAGES_PER_TASK files go to the least busy worker, at most
+    the order of ``paths``. With ``known`` digests, every file is hashed and a file whose digest is
+    known is not decoded (:func:`decode_file`); each worker gets the set once, when it starts. Tasks of IMAGES_PER_TASK files go to the least busy worker, at most
     ``workers x TASKS_IN_FLIGHT_PER_WORKER`` of them ahead of the consumer, so memory holds a bounded
     window of decoded images whatever the number of files. Workers start as tasks need them (up to
     ``workers``), serve every later ``map``, and stop on ``close`` (or leaving the ``with``).
     """
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, known: frozenset[bytes] | None = None):
         self.workers = resolve_workers(workers)
+        self.known = None if known is None else frozenset(known)
         self._pool: list[_Worker] = []
         self._done = threading.Condition()
         self._results: dict[int, tuple] = {}
@@ -196,7 +245,7 @@ class Decoder:
         """Each path's :class:`Decoded`, in order."""
         if self.workers == 1:
             for path in paths:
-                yield decode_file(path, size)
+                yield decode_file(path, size, self.known)
             return
         batches = _batches((str(p) for p in paths), IMAGES_PER_TASK)
         window = self.workers * TASKS_IN_FLIGHT_PER_WORKER
@@ -226,7 +275,7 @@ class Decoder:
         """The worker with the fewest tasks; a new one while every worker has some and there are fewer
         than ``workers`` (a small dataset starts only the workers it keeps busy)."""
         if len(self._pool) < self.workers and all(w.outstanding for w in self._pool):
-            self._pool.append(_Worker(len(self._pool), self._done, self._results))
+            self._pool.append(_Worker(len(self._pool), self._done, self._results, self.known))
         return min(self._pool, key=lambda w: w.outstanding)
 
     def _take(self, task: int, worker: _Worker) -> list[Decoded]:
@@ -245,7 +294,7 @@ class Decoder:
 class _Worker:
     """One decoding process and the thread that reads its results into ``results``."""
 
-    def __init__(self, number: int, done: threading.Condition, results: dict):
+    def __init__(self, number: int, done: threading.Condition, results: dict, known: frozenset[bytes] | None):
         package_root = str(Path(__file__).resolve().parents[2])   # the folder holding ``tasks``
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)}
@@ -255,14 +304,18 @@ class _Worker:
         self._done, self._results = done, results
         self._reader = threading.Thread(target=self._read, name=f"decoder-{number}", daemon=True)
         self._reader.start()
+        self._write(known)              # the first message: the known digests (or None), once
 
-    def send(self, task: int, paths: list[str], size: int | None) -> None:
+    def _write(self, message) -> None:
         try:
-            pickle.dump((task, paths, size), self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(message, self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             self.process.stdin.flush()
         except OSError:    # it died: the reader thread has the reason, or will have it
             self._reader.join(5)
             raise RuntimeError(self.failure or f"decoding process {self.number} stopped") from None
+
+    def send(self, task: int, paths: list[str], size: int | None) -> None:
+        self._write((task, paths, size))
         self.outstanding += 1
 
     def _read(self) -> None:
@@ -296,19 +349,23 @@ class _Worker:
 
 
 def serve() -> None:
-    """A decoding process: read tasks ``(id, paths, size)`` from stdin, write ``(id, result)`` to stdout,
-    until stdin ends (the parent closed it, or died). Bad images are outcomes; anything else raised is
-    sent back to be raised in the parent."""
+    """A decoding process: read the known digests (or None) from stdin, then tasks ``(id, paths, size)``,
+    and write ``(id, result)`` to stdout, until stdin ends (the parent closed it, or died). Bad images
+    are outcomes; anything else raised is sent back to be raised in the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole process group: the parent handles it
     tasks, results = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)                                  # a stray print() goes to stderr, not into the results
+    try:
+        known = pickle.load(tasks)
+    except EOFError:
+        return
     while True:
         try:
             task, paths, size = pickle.load(tasks)
         except EOFError:
             return
         try:
-            result = ("ok", [tuple(decode_file(path, size)) for path in paths])
+            result = ("ok", [tuple(decode_file(path, size, known)) for path in paths])
         except Exception as exc:
             try:
                 pickle.dumps(exc)

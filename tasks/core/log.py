@@ -54,6 +54,15 @@ def setup(step: str) -> logging.Logger:
     return logging.getLogger(f"trafficlip.{step}")
 
 
+def peak_memory_mb() -> float:
+    """This process's peak resident memory in MB (Linux reports kilobytes, macOS bytes). Its
+    subprocesses are not in it (the kernel's figure for them counts, for a fork-then-exec child, the
+    parent's pages at the fork, so it would mislead)."""
+    import resource
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def duration(seconds: float) -> str:
     """A duration as people read it: 45 s, 3 min 20 s, 2 h 05 min."""
     seconds = max(0, int(round(seconds)))

@@ -28,6 +28,9 @@ REPORTS = "reports"
 METRICS = "metrics/eval.json"
 SUBMISSION = "outputs/submission.json"
 SEARCH_SHEET = "outputs/search.png"
+CHAMPION_RETRIEVAL = "outputs/champion-retrieval"   # the retrieval DAG's output when a new champion starts it
+RAW_TEST_IMAGES = "data/raw/test/test_images"
+RAW_TEST_QUERIES = "data/raw/test/test_text.txt"
 
 VALIDATION_REPORT = "reports/validation_report.json"
 AUGMENT_REPORT = "reports/augment_report.json"
@@ -47,6 +50,7 @@ ABLATION_REPORT = "reports/ablation"
 MANIFEST = "manifest.json"
 VOCABULARY = "vocabulary.json"
 PREPARED_VALIDATION_REPORT = "validation_report.json"
+SOURCES = "sources.safetensors"        # PREPARED/<split>/SOURCES: each cached image's file digest (reuse key)
 # inside the models folder (MODELS/TRAIN_SUMMARY_NAME is written to the reports folder)
 TRAIN_SUMMARY_NAME = "train_summary.json"
 TRAIN_STEPS_NAME = "train_steps.csv"

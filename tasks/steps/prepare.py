@@ -9,10 +9,19 @@ was, and a run killed mid-way leaves no half-written shard under a final name (t
 its temporaries and writes everything again). The output is byte-for-byte the same for any number of
 workers.
 
+Incremental: each split also records the SHA-256 of every cached image's file (``sources.safetensors``,
+with the decoder's fingerprint: tasks/core/decode.py ``fingerprint``). A later prepare into the same
+folder (``data/prepared`` is a ``persist`` output in dvc.yaml, so DVC leaves it in place when the stage
+reruns) hashes every file and decodes only those whose digest the previous cache does not hold; the
+others' rows are copied from it. Same bytes and same fingerprint means the same decode, so the result
+is byte-for-byte a full prepare's (tested); the log and the step's result say how many images were
+decoded and how many reused (docs/scale.md).
+
 Output (``data/prepared``, a DVC stage output):
   {train,val,test}/images-*.safetensors + images.json   padded, resized uint8 images
   {train,val,test}/manifest.json                        what each cached image is (labels, original
                                                         width x height), and the text pairs/queries
+  {train,val,test}/sources.safetensors                  each cached image's file digest and size (reuse)
   vocabulary.json                                       vehicle colours/types/brands from the training labels
   validation_report.json                                every rejected line or image, and the counts
 """
@@ -23,12 +32,15 @@ import contextlib
 import json
 from pathlib import Path
 
+import numpy as np
+
 from tasks.core import labels, log, models
 from tasks.core.atomic import atomic_dir, atomic_path, remove_stale_temporaries, write_json
 from tasks.core.dataset import SplitScan, enforce, scan
-from tasks.core.decode import resolve_workers
-from tasks.core.images import ShardWriter
-from tasks.core.paths import MANIFEST, PREPARED_VALIDATION_REPORT, VOCABULARY
+from tasks.core.decode import fingerprint, resolve_workers
+from tasks.core.errors import UserError
+from tasks.core.images import ImageCache, ShardWriter
+from tasks.core.paths import MANIFEST, PREPARED_VALIDATION_REPORT, SOURCES, VOCABULARY
 
 SPLITS = (*labels.SPLITS, "test")
 
@@ -102,6 +114,78 @@ def _test_manifest(result: SplitScan, image_size: int) -> dict:
             "queries": [{"text": q.text, "line": q.line, "category": q.category} for q in result.queries]}
 
 
+SOURCES_FORMAT = "trafficlip.sources/1"
+
+
+def write_sources(folder: Path, result: SplitScan, decoder: str) -> None:
+    """The split's reuse keys, row for row with its cache: the SHA-256 of each image's file (uint8
+    [n, 32]) and its original (width, height) (int64 [n, 2]), with the decoder's fingerprint (metadata
+    ``trafficlip.sources/1``). A
+    safetensors file (nothing in it is unpickled), written atomically."""
+    from safetensors.numpy import save_file
+
+    digests = np.frombuffer(b"".join(result.image_digests), dtype=np.uint8).reshape(-1, 32)
+    sizes = np.asarray(result.image_sizes, dtype=np.int64).reshape(-1, 2)
+    if len(digests) != len(sizes):
+        raise AssertionError(f"{folder}: {len(digests)} digests for {len(sizes)} images")
+    with atomic_path(folder / SOURCES) as tmp:
+        # one metadata entry: safetensors writes several in no fixed order, and the file must be the same
+        # bytes every time
+        save_file({"sha256": digests, "size": sizes}, str(tmp), metadata={SOURCES_FORMAT: decoder})
+
+
+class Previous:
+    """The images a previous prepare left in ``out``, by the SHA-256 of their files, for those decoded
+    with the same decoder fingerprint (anything else is decoded again). ``sizes`` maps each digest
+    to the image's original (width, height); ``image(digest)`` reads its cached row."""
+
+    def __init__(self, out: Path, decoder: str, logger):
+        self.sizes: dict[bytes, tuple[int, int]] = {}
+        self._where: dict[bytes, tuple[ImageCache, int]] = {}
+        for split in SPLITS:
+            folder = out / split
+            if not (folder / SOURCES).exists():
+                continue
+            try:
+                digests, sizes = self._read(folder / SOURCES, decoder)
+                cache = ImageCache(folder) if digests is not None else None
+            except UserError as exc:
+                logger.warning("not reusing %s: %s", folder, exc)
+                continue
+            if cache is None:
+                logger.info("not reusing %s: decoded by other code or libraries (fingerprint differs)", folder)
+                continue
+            if len(digests) != cache.count:
+                logger.warning("not reusing %s: %d digests for %d cached images", folder, len(digests), cache.count)
+                continue
+            for row, (digest, size) in enumerate(zip(digests, sizes.tolist())):
+                self._where.setdefault(digest, (cache, row))
+                self.sizes.setdefault(digest, (size[0], size[1]))
+
+    @staticmethod
+    def _read(path: Path, decoder: str) -> tuple[list[bytes] | None, np.ndarray | None]:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "np") as handle:
+                if (handle.metadata() or {}).get(SOURCES_FORMAT) != decoder:
+                    return None, None
+                digests, sizes = handle.get_tensor("sha256"), handle.get_tensor("size")
+        except Exception as exc:   # safetensors raises its own errors for a damaged file
+            raise UserError(f"{path}: not a readable sources file ({type(exc).__name__}: {exc})") from None
+        if digests.ndim != 2 or digests.shape[1] != 32 or sizes.shape != (len(digests), 2):
+            raise UserError(f"{path}: sha256 {list(digests.shape)} and size {list(sizes.shape)}, "
+                            "expected [n, 32] and [n, 2]")
+        return [row.tobytes() for row in digests], sizes
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def image(self, digest: bytes) -> np.ndarray:
+        cache, row = self._where[digest]
+        return cache[[row]][0].numpy()
+
+
 def run(params: dict, data: str | Path, out: str | Path) -> dict:
     logger = log.setup("prepare")
     data, out = Path(data), Path(out)
@@ -113,20 +197,33 @@ def run(params: dict, data: str | Path, out: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for name in (*SPLITS, PREPARED_VALIDATION_REPORT, VOCABULARY):   # what a killed run left (one writer: us)
         remove_stale_temporaries(out, name)
+    decoder = fingerprint(image_size)
+    previous = Previous(out, decoder, logger)
+    if len(previous):
+        logger.info("%d image(s) of the previous cache can be reused (same file bytes, same decoder)", len(previous))
+
+    def sink(split: str, array, digest: bytes) -> None:
+        writers[split].add(previous.image(digest) if array is None else array)
+
     with contextlib.ExitStack() as stack:
         # each split's new folder, swapped in for the old one when the stack closes without an error
         staged = {split: stack.enter_context(atomic_dir(out / split)) for split in SPLITS}
         writers = {split: stack.enter_context(ShardWriter(staged[split], image_size, shard_size)) for split in SPLITS}
-        result = scan(data, image_size=image_size, sink=lambda split, array: writers[split].add(array),
-                      workers=workers, progress=lambda it, n, d: log.progress(it, n, d, logger))
+        result = scan(data, image_size=image_size, sink=sink, workers=workers, known=previous.sizes,
+                      progress=lambda it, n, d: log.progress(it, n, d, logger))
         enforce(result, params["data"]["on_error"], out / PREPARED_VALIDATION_REPORT)
         for split, split_scan in result.splits.items():
             writers[split].close()
+            write_sources(staged[split], split_scan, decoder)
             manifest = (_test_manifest(split_scan, image_size) if split == "test"
                         else _labelled_manifest(split, split_scan, image_size))
             _write_json_streamed(staged[split] / MANIFEST, manifest)
     write_json(out / VOCABULARY, result.vocabulary.as_dict())
     counts = {split: {k: v for k, v in s.items() if k in ("lines", "kept", "quarantined", "images", "queries")}
               for split, s in result.report["splits"].items()}
-    logger.info("prepared %s; %d problem(s) quarantined", counts, result.report["problems"])
-    return {"out": str(out), "counts": counts, "problems": result.report["problems"]}
+    reused = sum(s.reused for s in result.splits.values())
+    images = sum(len(s.image_paths) for s in result.splits.values())
+    logger.info("prepared %s; %d problem(s) quarantined; %d image(s) decoded, %d reused from the previous cache",
+                counts, result.report["problems"], images - reused, reused)
+    return {"out": str(out), "counts": counts, "problems": result.report["problems"],
+            "decoded": images - reused, "reused": reused}

@@ -15,7 +15,7 @@ from tasks.core.errors import InputError, UserError
 
 def _collecting() -> tuple[dict[str, list[np.ndarray]], dataset.Sink]:
     arrays: dict[str, list[np.ndarray]] = {}
-    return arrays, lambda split, array: arrays.setdefault(split, []).append(array)
+    return arrays, lambda split, array, digest: arrays.setdefault(split, []).append(array)
 
 
 def test_a_clean_dataset_is_decoded_once_per_image_at_the_size_asked_for(tiny_raw):

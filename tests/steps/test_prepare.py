@@ -158,3 +158,67 @@ def test_a_prepare_killed_mid_way_leaves_no_half_shard_and_the_next_run_complete
     prepare.run(_params(1, 2), raw_copy, tmp_path / "clean")
     assert _files(out) == _files(tmp_path / "clean")
     assert len(list((out / "train").glob("images-*.safetensors"))) == 72
+
+
+# ---------------------------------------------------------------------------------------------
+# Incremental: a prepare into the folder of a previous one decodes only the files it has not seen
+# ---------------------------------------------------------------------------------------------
+
+def _new_images(raw: Path, removed_lines: list[str], kept_lines: list[str]) -> set[str]:
+    kept = {line.split("$")[0] for line in kept_lines}
+    return {line.split("$")[0] for line in removed_lines} - kept
+
+
+def test_adding_images_decodes_only_them_and_the_cache_is_a_full_prepares(raw_copy, tmp_path):
+    """The ingest DAG's case: images and their lines are added to data/raw. The next prepare into the
+    same folder hashes every file, decodes only the new ones, copies the others' rows from the previous
+    cache, and writes byte-for-byte what a full prepare writes (shards, indexes, manifests, sources)."""
+    label = raw_copy / "train" / "train_label.txt"
+    lines = label.read_text().splitlines()
+    label.write_text("\n".join(lines[:-12]) + "\n")
+    out = tmp_path / "prepared"
+    first = prepare.run(_params(7, 2), raw_copy, out)
+    assert first["reused"] == 0 and first["decoded"] == sum(c["images"] for c in first["counts"].values())
+
+    label.write_text("\n".join(lines) + "\n")                 # 12 lines back, with their images
+    added = _new_images(raw_copy, lines[-12:], lines[:-12])
+    assert added
+    second = prepare.run(_params(7, 2), raw_copy, out)
+    assert second["decoded"] == len(added)
+    assert second["reused"] == first["decoded"]
+    prepare.run(_params(7, 2), raw_copy, tmp_path / "full")
+    assert _files(out) == _files(tmp_path / "full")
+    assert (out / "train" / "sources.safetensors").is_file()
+
+
+def test_a_changed_file_is_decoded_again_and_an_unchanged_run_decodes_nothing(raw_copy, tmp_path):
+    out = tmp_path / "prepared"
+    prepare.run(_params(7, 1), raw_copy, out)
+    again = prepare.run(_params(7, 1), raw_copy, out)
+    assert again["decoded"] == 0 and again["reused"] > 0
+    victim = sorted((raw_copy / "val" / "val_images").iterdir())[0]
+    with Image.open(victim) as image:                          # same name, other bytes (and other pixels)
+        image.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(victim, "JPEG", quality=75)
+    changed = prepare.run(_params(7, 2), raw_copy, out)
+    assert changed["decoded"] == 1
+    prepare.run(_params(7, 2), raw_copy, tmp_path / "full")
+    assert _files(out) == _files(tmp_path / "full")
+
+
+def test_another_decoder_or_a_damaged_sources_file_means_decoding_everything(raw_copy, tmp_path, monkeypatch,
+                                                                            caplog):
+    """Reuse needs the same decoder fingerprint (the decoding code and library versions, the size):
+    otherwise, or when a sources file cannot be read, every image is decoded again and the cache is
+    still a full prepare's."""
+    out = tmp_path / "prepared"
+    total = prepare.run(_params(7, 2), raw_copy, out)["decoded"]
+    monkeypatch.setattr(prepare, "fingerprint", lambda size: f"another decoder at {size} px")
+    assert prepare.run(_params(7, 2), raw_copy, out)["decoded"] == total
+    monkeypatch.undo()
+    assert prepare.run(_params(7, 2), raw_copy, out)["decoded"] == total     # and back
+    (out / "val" / "sources.safetensors").write_bytes(b"\x00" * 40)
+    result = prepare.run(_params(7, 2), raw_copy, out)
+    assert result["decoded"] == result["counts"]["val"]["images"]     # val decoded again, train and test reused
+    assert "not reusing" in caplog.text and "sources.safetensors" in caplog.text
+    prepare.run(_params(7, 2), raw_copy, tmp_path / "full")
+    assert _files(out) == _files(tmp_path / "full")

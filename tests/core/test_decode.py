@@ -1,0 +1,83 @@
+"""The decoding pool (tasks/core/decode.py): outcomes in order, bad files as outcomes, workers started
+as needed, a dead worker a clear error, 0 workers = every core."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from tasks.core import decode
+
+
+def _files(tiny_raw, tmp_path, count: int) -> list:
+    files = sorted((tiny_raw / "train" / "train_images").iterdir())[:count]
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    return files[:3] + [tmp_path / "broken.jpg", tmp_path / "missing.jpg"] + files[3:]
+
+
+@pytest.mark.parametrize("size", [20, None])
+def test_a_pool_gives_what_one_process_gives_in_order(tiny_raw, tmp_path, size):
+    files = _files(tiny_raw, tmp_path, 40)
+    with decode.Decoder(1) as one, decode.Decoder(3) as three:
+        serial = list(one.map(files, size))
+        pooled = list(three.map(files, size))
+        again = list(three.map(reversed(files), size))      # the same workers serve a second map
+    assert len(serial) == len(pooled) == len(files)
+    for a, b in zip(serial, pooled, strict=True):
+        assert a.size == b.size and a.error == b.error
+        assert (a.array is None and b.array is None) or np.array_equal(a.array, b.array)
+    assert [o.size for o in again] == [o.size for o in reversed(serial)]
+    assert serial[3].error["reason"].startswith("cannot decode image") and serial[3].array is None
+    assert serial[4].error["reason"] == "image file not found"
+    assert all((o.array is not None) == (size is not None) for o in serial if o.error is None)
+
+
+def test_workers_start_only_as_tasks_need_them(tiny_raw, tmp_path):
+    files = _files(tiny_raw, tmp_path, 3)                   # 5 files: one task
+    with decode.Decoder(4) as decoder:
+        assert len(list(decoder.map(files, 16))) == 5
+        assert len(decoder._pool) == 1
+        assert list(decoder.map([], 16)) == []
+    assert decoder._pool == []
+
+
+def test_a_worker_that_dies_is_an_error_naming_it(tiny_raw, tmp_path):
+    files = _files(tiny_raw, tmp_path, 60) * 4
+    with decode.Decoder(2) as decoder:
+        outcomes = decoder.map(files, 16)
+        next(outcomes)
+        for worker in decoder._pool:
+            worker.process.kill()
+        with pytest.raises(RuntimeError, match=r"decoding process \d .*(exited with status -9|stopped)"):
+            list(outcomes)
+    assert decoder._pool == []
+
+
+def test_zero_workers_is_every_core_this_process_may_use():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert decode.resolve_workers(0) == decode.Decoder(0).workers == cores
+    assert decode.resolve_workers(3) == 3
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        decode.resolve_workers(-1)
+
+
+def test_with_known_digests_a_file_is_hashed_and_decoded_from_the_same_bytes(tiny_raw, tmp_path):
+    """Hashing changes nothing about a decode (arrays and error messages alike); a known digest is
+    not decoded."""
+    import hashlib
+
+    files = _files(tiny_raw, tmp_path, 6)
+    for path in files:
+        plain, hashed = decode.decode_file(path, 16), decode.decode_file(path, 16, frozenset())
+        assert plain.error == hashed.error and plain.size == hashed.size and not hashed.reused
+        assert (plain.array is None and hashed.array is None) or np.array_equal(plain.array, hashed.array)
+        if plain.error is None:
+            assert hashed.digest == hashlib.sha256(path.read_bytes()).digest()
+    known = frozenset({hashlib.sha256(files[0].read_bytes()).digest()})
+    with decode.Decoder(2, known) as pool:
+        outcomes = list(pool.map(files, 16))
+    assert outcomes[0].reused and outcomes[0].array is None and outcomes[0].size is None
+    assert not any(o.reused for o in outcomes[1:])
+    assert decode.fingerprint(16) != decode.fingerprint(24)
