@@ -40,6 +40,7 @@ from tasks.orchestration import runners
 from tasks.orchestration import workspace as orch
 
 RAW_DATA = Asset(**orch.RAW_DATA_ASSET)
+CHAMPION = Asset(**orch.CHAMPION_ASSET)
 DEFAULTS = orch.form_defaults()
 SETTINGS = runners.RunnerSettings.from_env()
 NONE_FAILED = "none_failed"
@@ -156,7 +157,16 @@ with DAG(
     @task(pool=orch.PROMOTION_POOL, trigger_rule=NONE_FAILED)
     def promote() -> dict:
         result = shared.guard(orch.cli, ["promote"], orch.workspace(), "trafficlip promote")
-        return {k: result.get(k) for k in ("version", "decision", "reason", "champion_before", "champion_after")}
+        return {k: result.get(k) for k in ("version", "decision", "reason", "champion_before", "champion_after",
+                                           "champion_changed")}
+
+    @task(outlets=[CHAMPION], trigger_rule=NONE_FAILED)
+    def announce_champion(ti=None) -> dict:
+        """An event on the champion asset (which starts the retrieval DAG) only when @champion moved."""
+        promotion = ti.xcom_pull(task_ids="promote") or {}
+        if not promotion.get("champion_changed"):
+            raise AirflowSkipException("@champion did not move")
+        return {"champion": promotion["champion_after"], "before": promotion["champion_before"]}
 
     @task(pool=orch.DVC_POOL, trigger_rule=NONE_FAILED)
     def predict() -> dict:
@@ -185,8 +195,9 @@ with DAG(
         ]
         choose_runner() >> runner_tasks >> record_train()
     with TaskGroup("registry", prefix_group_id=False,
-                   tooltip="evaluate on the validation split, register once, promote through the gate") as model:
-        evaluate() >> register() >> promote()
+                   tooltip="evaluate on the validation split, register once, promote through the gate, "
+                           "announce a new champion") as model:
+        evaluate() >> register() >> promote() >> announce_champion()
     with TaskGroup("delivery", prefix_group_id=False, tooltip="the test submission and the run's summary") as delivery:
         predict() >> report()
     configured >> data >> training >> model >> delivery >> restore_params().as_teardown(setups=configured)

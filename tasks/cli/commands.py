@@ -112,6 +112,12 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_sync_aliases(args) -> int:
+    from tasks.mlops import registry
+    _print_json(registry.sync_aliases(_params(args)))
+    return 0
+
+
 def cmd_ablate(args) -> int:
     from tasks.demo import ablate
     result = ablate.run(_params(args), args.data, args.model, args.work, args.out, args.teacher, args.truth)
@@ -143,7 +149,9 @@ def cmd_search(args) -> int:
 
 def cmd_serve(args) -> int:
     from tasks.serving import serve
-    serve.run(_params(args), args.gallery, args.model, args.host, args.port)
+    if args.follow < 0:
+        raise UserError(f"--follow {args.follow}: expected seconds >= 0 (0: never)")
+    serve.run(_params(args), args.gallery, args.model, args.host, args.port, args.follow)
     return 0
 
 

@@ -122,6 +122,9 @@ def _registry(sub) -> None:
 
     p = with_params(sub.add_parser("models", help="list the registered model's versions, aliases and metrics"))
     p.set_defaults(func=commands.cmd_models)
+    p = with_params(sub.add_parser("sync-aliases", help="record @champion/@challenger moves made outside "
+                                                        "trafficlip (MLflow UI or API); report conflicts"))
+    p.set_defaults(func=commands.cmd_sync_aliases)
 
 
 def _using_a_model(sub) -> None:
@@ -158,6 +161,9 @@ def _using_a_model(sub) -> None:
     p.add_argument("--model", help="default: models:/<mlflow.registered_model>@champion")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--follow", type=float, default=30.0, metavar="SECONDS",
+                   help="with an alias: look this often for the version it points to, and switch to it when it "
+                        "moves (0: never; default 30)")
     p.set_defaults(func=commands.cmd_serve)
 
 

@@ -13,6 +13,14 @@
   re-scored on the current split first. The decision goes to the version's tags and a report.
 - ``rollback``: ``@champion`` back to the previous champion (the registered model's
   ``champion_history`` tag), recorded in tags and a report.
+- ``sync_aliases``: promotion by hand is a first-class path. An alias can also be moved in the MLflow
+  UI or through its API, where no gate runs. The registered model's ``trafficlip.aliases`` tag holds
+  the aliases as trafficlip last saw them; every command that reads or moves aliases (``promote``,
+  ``rollback``, ``models``, ``sync-aliases`` and the registry-watch DAG) first compares it with the
+  registry and records each difference on the version it now points to: when it was detected, the
+  version that held the alias before, and ``manual, ungated``. Conflicts (one version both
+  ``@champion`` and ``@challenger``, a champion the gate rejected or never judged) are reported.
+  docs/mlflow.md says who follows a change of champion (serve, the retrieval DAG).
 
 Registration and every alias change of one registered model hold the same lock, so concurrent
 promotions behave as if they ran one after the other.
@@ -42,6 +50,9 @@ STATUS = "validation_status"        # version tag: pending | passed | rejected |
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY = "champion_history"        # registered-model tag: champions in promotion order (JSON list)
 HISTORY_KEEP = 100
+ALIAS_STATE = "trafficlip.aliases"  # registered-model tag: {alias: version} as trafficlip last saw or set them
+TRACKED_ALIASES = (CHAMPION, CHALLENGER)
+MANUAL = "manual, ungated"          # the origin of an alias change made outside trafficlip
 METRIC_TAGS = ("map_at_10", "trec_ap_at_10", "recall_at_1", "recall_at_5", "recall_at_10", "vehicle_map_at_10",
                "pedestrian_map_at_10")
 LOCK_ENV = "TRAFFICLIP_REGISTRY_LOCK"
@@ -150,6 +161,123 @@ def _set_history(client, name: str, history: list[int]) -> None:
 def _set_version_tags(client, name: str, version: int, tags: dict) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def _user() -> str:
+    try:
+        import getpass
+        return getpass.getuser()
+    except Exception:   # no user name in this environment (a container with an unknown uid)
+        return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
+# --- aliases moved by hand ---------------------------------------------------------------------
+
+def _alias_state(client, name: str) -> dict[str, int] | None:
+    """The aliases as trafficlip last saw or set them (None: never recorded, a registry from before)."""
+    text = client.get_registered_model(name).tags.get(ALIAS_STATE)
+    if text is None:
+        return None
+    try:
+        return {str(alias): int(version) for alias, version in json.loads(text).items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}     # a tag someone edited by hand: every alias counts as a change
+
+
+def _record_alias(client, name: str, alias: str, version: int, before: int | None, origin: str, by: str,
+                  at: str) -> None:
+    """The version now holding ``alias`` says how it got there."""
+    _set_version_tags(client, name, version, {f"alias_{alias}_origin": origin, f"alias_{alias}_at": at,
+                                              f"alias_{alias}_by": by,
+                                              f"alias_{alias}_from": "none" if before is None else before})
+
+
+def _save_alias_state(client, name: str) -> dict[str, int]:
+    current = _aliases(client, name)
+    client.set_registered_model_tag(name, ALIAS_STATE, json.dumps(
+        {alias: current[alias] for alias in sorted(current)}, sort_keys=True))
+    return current
+
+
+def _reconcile(client, name: str) -> list[dict]:
+    """Record every alias change made outside trafficlip since its last look (hold the lock)."""
+    current = _aliases(client, name)
+    known = _alias_state(client, name)
+    if known is None and not current:
+        return []
+    if known is None and HISTORY in client.get_registered_model(name).tags:
+        _save_alias_state(client, name)    # promoted by a trafficlip from before this record: the baseline
+        return []
+    known = known or {}
+    changes = []
+    at = _now()
+    for alias in sorted(set(current) | set(known)):
+        before, after = known.get(alias), current.get(alias)
+        if before == after:
+            continue
+        change = {"alias": alias, "from": before, "to": after, "origin": MANUAL, "detected_at": at}
+        changes.append(change)
+        if after is not None:
+            _record_alias(client, name, alias, after, before, MANUAL,
+                          "outside trafficlip (MLflow UI or API; MLflow does not record who)", at)
+        if alias == CHAMPION and after is not None:
+            history = _history(client, name)
+            if history[-1:] != [after]:
+                _set_history(client, name, history + [after])
+    if changes or _alias_state(client, name) != current:
+        _save_alias_state(client, name)
+    return changes
+
+
+def conflicts(client, name: str) -> list[str]:
+    """What is inconsistent in the aliases now: one version holding both, a champion the gate did not pass."""
+    aliases = _aliases(client, name)
+    problems = []
+    champion, challenger = aliases.get(CHAMPION), aliases.get(CHALLENGER)
+    if champion is not None and champion == challenger:
+        problems.append(f"version {champion} is both @champion and @challenger")
+    if champion is not None:
+        tags = client.get_model_version(name, str(champion)).tags
+        status = tags.get(STATUS, "pending")
+        if status != "passed":
+            problems.append(f"@champion is version {champion}, whose validation status is {status!r} "
+                            f"(the gate did not pass it{': ' + tags['promotion_reason'] if tags.get('promotion_reason') else ''})")
+    return problems
+
+
+def _look(client, name: str) -> tuple[list[dict], dict[str, int], list[str]] | None:
+    """Under the lock: record moves made by hand; the changes, the aliases and the conflicts now
+    (None: the registered model does not exist)."""
+    from mlflow.exceptions import MlflowException
+    try:
+        with registry_lock(name):
+            return _reconcile(client, name), _aliases(client, name), conflicts(client, name)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return None
+        raise
+
+
+def sync_aliases(params: dict) -> dict:
+    """Detect and record alias changes made outside trafficlip; report the champion and any conflicts.
+    ``champion_changed`` says whether ``@champion`` moved since trafficlip last looked (by any path)."""
+    logger = log.setup("sync-aliases")
+    name = _check_name(params["mlflow"]["registered_model"])
+    if not params["mlflow"]["enabled"]:
+        return {"registered_model": name, "skipped": "mlflow.enabled is false", "changes": [], "champion": None,
+                "champion_changed": False, "conflicts": []}
+    looked = _look(tracking.connect(), name)
+    if looked is None:
+        return {"registered_model": name, "exists": False, "changes": [], "champion": None,
+                "champion_changed": False, "conflicts": []}
+    changes, aliases, problems = looked
+    for change in changes:
+        logger.warning("@%s moved outside trafficlip (%s): version %s -> %s", change["alias"], MANUAL,
+                       change["from"], change["to"])
+    for problem in problems:
+        logger.warning("conflict: %s", problem)
+    return {"registered_model": name, "exists": True, "changes": changes, "champion": aliases.get(CHAMPION),
+            "champion_changed": any(c["alias"] == CHAMPION for c in changes), "conflicts": problems}
 
 
 def _is_missing(exc: Exception) -> bool:
@@ -415,9 +543,20 @@ def promote(params: dict, registration: str | Path, out: str | Path, data: str |
     name, version = registered["registered_model"], int(registered["version"])
     client = tracking.connect()
     with registry_lock(name):
+        manual = _reconcile(client, name)
+        before = _aliases(client, name)
         decision = _decide(client, name, version, params, Path(data) if data else None)
         _apply(client, name, decision)
-        decision["champion_after"] = _aliases(client, name).get(CHAMPION)
+        after = _aliases(client, name)
+        origin = f"trafficlip promote: {decision['decision']} by the gate"
+        for alias in TRACKED_ALIASES:
+            if after.get(alias) is not None and after.get(alias) != before.get(alias):
+                _record_alias(client, name, alias, after[alias], before.get(alias), origin, _user(), _now())
+        _save_alias_state(client, name)
+        decision["champion_after"] = after.get(CHAMPION)
+        decision["champion_changed"] = after.get(CHAMPION) != before.get(CHAMPION)
+        if manual:
+            decision["manual_changes_found"] = manual
     write_json(out, decision)
     logger.info("version %d: %s (%s); champion is version %s", version, decision["decision"], decision["reason"],
                 decision["champion_after"])
@@ -430,6 +569,7 @@ def rollback(params: dict, out: str | Path) -> dict:
     name = _check_name(params["mlflow"]["registered_model"])
     client = tracking.connect()
     with registry_lock(name):
+        _reconcile(client, name)
         current = _aliases(client, name).get(CHAMPION)
         if current is None:
             raise UserError(f"registered model {name!r} has no champion to roll back")
@@ -445,6 +585,8 @@ def rollback(params: dict, out: str | Path) -> dict:
         _set_history(client, name, history[:history.index(previous) + 1])
         client.set_registered_model_alias(name, CHAMPION, str(previous))
         _set_version_tags(client, name, previous, {"restored_at": now, "restored_from": current})
+        _record_alias(client, name, CHAMPION, previous, current, "trafficlip rollback", _user(), now)
+        _save_alias_state(client, name)
     result = {"registered_model": name, "rolled_back": current, "champion": previous, "at": now}
     write_json(out, result)
     logger.info("champion of %r rolled back from version %d to version %d", name, current, previous)
@@ -457,17 +599,16 @@ def versions_table(params: dict) -> str:
     """Versions, aliases, status and validation metrics of the registered model, newest first."""
     name = _check_name(params["mlflow"]["registered_model"])
     client = tracking.connect()
-    from mlflow.exceptions import MlflowException
-    try:
-        aliases = _aliases(client, name)
-    except MlflowException as exc:
-        if _is_missing(exc):
-            return f"registered model {name!r} does not exist yet at {tracking.shown_uri(tracking.tracking_uri())}"
-        raise
+    looked = _look(client, name)
+    if looked is None:
+        return f"registered model {name!r} does not exist yet at {tracking.shown_uri(tracking.tracking_uri())}"
+    changes, aliases, problems = looked
+    versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version))
+    tags_of = {int(v.version): v.tags for v in versions}
     by_version: dict[int, list[str]] = {}
     for alias, version in aliases.items():
-        by_version.setdefault(version, []).append(f"@{alias}")
-    versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version))
+        manual = tags_of.get(version, {}).get(f"alias_{alias}_origin") == MANUAL
+        by_version.setdefault(version, []).append(f"@{alias}" + (" (manual)" if manual else ""))
     columns = ("version", "aliases", "status", "map_at_10", "vehicle", "pedestrian", "decision", "train run", "git")
     rows = [columns]
     for v in versions:
@@ -478,4 +619,14 @@ def versions_table(params: dict) -> str:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(columns))]
     lines = [f"registered model {name!r} at {tracking.shown_uri(tracking.tracking_uri())}"]
     lines += ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    for alias in sorted(aliases):
+        t = tags_of.get(aliases[alias], {})
+        if t.get(f"alias_{alias}_origin"):
+            lines.append(f"@{alias} -> version {aliases[alias]}: {t[f'alias_{alias}_origin']}, "
+                         f"{t.get(f'alias_{alias}_at', '?')}, by {t.get(f'alias_{alias}_by', '?')}, "
+                         f"before: version {t.get(f'alias_{alias}_from', '?')}")
+    for change in changes:
+        lines.append(f"detected now: @{change['alias']} moved outside trafficlip, version {change['from']} -> "
+                     f"{change['to']} ({MANUAL})")
+    lines += [f"conflict: {problem}" for problem in problems]
     return "\n".join(lines)

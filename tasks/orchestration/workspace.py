@@ -52,6 +52,9 @@ PARAM_KEYS = {
 RUNNERS = ("local", "docker", "kubernetes")
 # the Airflow asset that stands for data/raw: updated by trafficlip_ingest, it triggers trafficlip_training
 RAW_DATA_ASSET = {"name": "trafficlip-raw-data", "uri": "file:///trafficlip/data/raw"}
+# the Airflow asset that stands for the registry's @champion: updated when it moves (a gated promotion in
+# the training DAG, or a move by hand that the registry-watch DAG finds); it starts the retrieval DAG
+CHAMPION_ASSET = {"name": "trafficlip-champion", "uri": "mlflow-registry://trafficlip/champion"}
 
 
 def workspace_path(path: str | Path | None = None) -> Path:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -71,17 +72,43 @@ def resolve_model(params: dict, model: str | None, scratch: Path) -> tuple[Path,
     from mlflow.exceptions import MlflowException
     info: dict = {"model": uri}
     try:
-        if "@" in uri:
+        source = uri
+        if "@" in uri:   # the alias's version now, and that version's files (the alias may move meanwhile)
             alias_name, alias = uri[len("models:/"):].split("@", 1)
             version = client.get_model_version_by_alias(alias_name, alias)
             info["version"] = int(version.version)
+            source = f"models:/{alias_name}/{version.version}"
+        elif re.fullmatch(r"models:/.+/\d+", uri):
+            info["version"] = int(uri.rsplit("/", 1)[1])
         import mlflow
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(scratch),
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(scratch),
                                                     tracking_uri=tracking.tracking_uri())
     except MlflowException as exc:
         raise UserError(f"{uri}: not found in the registry at {tracking.shown_uri(tracking.tracking_uri())} "
                               f"({tracking.error_text(exc)}); train and promote a model first") from None
     return tracking.checkpoint_of(local), info
+
+
+def followed_alias(params: dict, model: str | None) -> tuple[str, str] | None:
+    """(registered model, alias) when ``model`` names an alias (None: ``@champion``); None for a fixed
+    version or a checkpoint folder, which never change."""
+    if model is None:
+        return params["mlflow"]["registered_model"], "champion"
+    if model.startswith("models:/") and "@" in model:
+        name, alias = model[len("models:/"):].split("@", 1)
+        return name, alias
+    return None
+
+
+def alias_version(name: str, alias: str) -> int | None:
+    """The version ``name@alias`` points to now (None: no such alias)."""
+    from mlflow.exceptions import MlflowException
+    try:
+        return int(tracking.connect().get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def gallery_files(folder: Path) -> list[Path]:

@@ -16,7 +16,13 @@ Access: the gallery is camera imagery. With a token in ``TRAFFICLIP_SERVE_TOKEN`
 (any user name: a browser's login prompt); the token is kept only as its SHA-256 digest and never
 logged. Without one, the service binds only a loopback address and refuses any other ``--host``.
 
-The model is loaded and the gallery embedded once, at start (through the embedding cache).
+The model is loaded and the gallery embedded at start (through the embedding cache). Started on an
+alias (``@champion`` by default, or ``--model models:/NAME@ALIAS``), the service follows it: every
+``--follow`` seconds (default 30; 0: never) it asks the registry which version the alias points to, and
+when it moved (a gated promotion, a rollback, or a hand in the MLflow UI) it loads that version and
+embeds the gallery with it beside the one serving, then swaps: no restart, no failed request. A failed
+load is logged and tried again at the next look; the old model serves on. ``/healthz`` says which
+version answers and how many times it changed.
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ import hashlib
 import hmac
 import html
 import ipaddress
+import logging
 import os
+import threading
 from pathlib import Path
 
 from tasks.core.errors import TrafficlipError, UserError
+from tasks.serving import retrieve
 from tasks.serving.search import MAX_QUERY_CHARS, MAX_TOP, Searcher
 
 PAGE = """<!doctype html>
@@ -92,6 +101,58 @@ if (shared.get("q")) {{
 """
 
 
+class Following:
+    """The searcher the service answers with, following a registry alias (see the module docstring).
+    ``current`` is read once per request, so a swap never mixes two models within one answer."""
+
+    def __init__(self, params: dict, gallery: str | Path, model: str | None, every: float = 30.0,
+                 searcher: Searcher | None = None):
+        self.params, self.gallery, self.model, self.every = params, gallery, model, every
+        self.alias = retrieve.followed_alias(params, model)
+        self.current = searcher or Searcher(params, gallery, model)
+        self.changes = 0
+        self.last_error: str | None = None
+        self.logger = logging.getLogger("trafficlip.serve")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> bool:
+        """One look at the alias; load and swap in the version it points to when that moved. True if swapped."""
+        if self.alias is None:
+            return False
+        version = retrieve.alias_version(*self.alias)
+        serving = self.current.model_info.get("version")
+        if version is None or version == serving:
+            return False
+        name, alias = self.alias
+        self.logger.info("@%s of %r moved from version %s to %s: loading it", alias, name, serving, version)
+        replacement = Searcher(self.params, self.gallery, self.model)
+        self.current = replacement
+        self.changes += 1
+        self.logger.info("now serving %s version %s", replacement.model_info["model"],
+                         replacement.model_info.get("version"))
+        return True
+
+    def start(self) -> Following:
+        if self.alias is not None and self.every > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="follow-alias", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.check()
+                self.last_error = None
+            except Exception as exc:   # the registry down, a broken version: keep serving the current one
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.logger.warning("following @%s: %s (still serving version %s)", self.alias[1], self.last_error,
+                                    self.current.model_info.get("version"))
+
+
 TOKEN_ENV = "TRAFFICLIP_SERVE_TOKEN"
 OPEN_PATHS = ("/healthz",)
 REALM = 'Basic realm="trafficlip search", charset="UTF-8"'
@@ -131,8 +192,9 @@ def check_binding(host: str, digest: bytes | None) -> None:
                         "(every route but /healthz then asks for it), or serve on 127.0.0.1")
 
 
-def create_app(searcher: Searcher, digest: bytes | None = None):
-    """The service; with ``digest`` (token_digest of the token) every route but /healthz asks for it."""
+def create_app(searcher: Searcher | Following, digest: bytes | None = None):
+    """The service; with ``digest`` (token_digest of the token) every route but /healthz asks for it.
+    ``searcher`` is a Searcher, or a Following whose current searcher answers each request."""
     from fastapi import FastAPI, HTTPException, Query, Request
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
     from pydantic import BaseModel
@@ -151,7 +213,9 @@ def create_app(searcher: Searcher, digest: bytes | None = None):
 
     app = FastAPI(title="trafficlip search", version="1",
                   description="Text-to-image search over a gallery of traffic images with the champion CLIP model.")
-    info = searcher.model_info
+    following = searcher if isinstance(searcher, Following) else Following.__new__(Following)
+    if not isinstance(searcher, Following):
+        following.current, following.alias, following.changes, following.last_error = searcher, None, 0, None
 
     @app.middleware("http")
     async def require_token(request: Request, call_next):
@@ -165,6 +229,8 @@ def create_app(searcher: Searcher, digest: bytes | None = None):
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
+        searcher = following.current
+        info = searcher.model_info
         about = (f"{len(searcher.names)} images in {html.escape(str(searcher.gallery))}, model "
                  f"{html.escape(str(info['model']))}" + (f" (version {info['version']})" if "version" in info else ""))
         options = "".join(f'<option value="{n}"{" selected" if n == 10 else ""}>top {n}</option>' for n in (5, 10, 20, 50))
@@ -173,6 +239,8 @@ def create_app(searcher: Searcher, digest: bytes | None = None):
     @app.get("/api/search", response_model=SearchResponse, summary="Rank the gallery for a text query")
     def search(q: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, description="the query text"),
                top: int = Query(10, ge=1, le=MAX_TOP, description="how many images")) -> SearchResponse:
+        searcher = following.current
+        info = searcher.model_info
         try:
             hits = searcher.search(q, top)
         except TrafficlipError as exc:
@@ -183,24 +251,32 @@ def create_app(searcher: Searcher, digest: bytes | None = None):
 
     @app.get("/images/{name}", summary="A gallery image by its name")
     def image(name: str):
-        path = searcher.image_path(name)
+        path = following.current.image_path(name)
         if path is None:
             raise HTTPException(status_code=404, detail=f"no image named {name!r} in the gallery")
         return FileResponse(path)
 
     @app.get("/healthz", summary="Liveness: the model and the gallery size")
     def healthz() -> dict:
-        return {"status": "ok", "model": str(info["model"]), "images": len(searcher.names),
-                "unreadable_images": len(searcher.unreadable)}
+        searcher = following.current
+        answer = {"status": "ok", "model": str(searcher.model_info["model"]),
+                  "version": searcher.model_info.get("version"), "images": len(searcher.names),
+                  "unreadable_images": len(searcher.unreadable), "model_changes": following.changes}
+        if following.alias is not None:
+            answer["follows"] = f"{following.alias[0]}@{following.alias[1]}"
+        if following.last_error:
+            answer["follow_error"] = following.last_error
+        return answer
 
     return app
 
 
-def run(params: dict, gallery: str | Path, model: str | None, host: str, port: int) -> None:
+def run(params: dict, gallery: str | Path, model: str | None, host: str, port: int, follow: float = 30.0) -> None:
     import uvicorn
     digest = token_digest(os.environ.get(TOKEN_ENV))
     check_binding(host, digest)             # before the model is loaded: a refusal costs nothing
-    app = create_app(Searcher(params, gallery, model), digest)
+    following = Following(params, gallery, model, follow).start()
+    app = create_app(following, digest)
     access = f"token required ({TOKEN_ENV})" if digest else "no token: this machine only"
     print(f"trafficlip search on http://{host}:{port}/ (API docs: /docs; {access})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -19,7 +19,7 @@ from tasks.orchestration import workspace as orch
 from tests.support import airflow
 from tests.support.workspace import make_workspace
 
-DAG_IDS = {"trafficlip_training", "trafficlip_ingest", "trafficlip_retrieval"}
+DAG_IDS = {"trafficlip_training", "trafficlip_ingest", "trafficlip_retrieval", "trafficlip_registry_watch"}
 DVC_TASKS = ("prepare", "augment", "train_local", "record_train", "evaluate", "predict")
 
 
@@ -84,7 +84,8 @@ def test_the_training_graph_is_folded_into_groups_with_plain_task_ids():
               for name, group in dag.task_group.children.items() if hasattr(group, "children")}
     assert groups == {"data": ["augment", "prepare", "validate"],
                       "training": ["choose_runner", "record_train", "train_docker", "train_kubernetes", "train_local"],
-                      "registry": ["evaluate", "promote", "register"], "delivery": ["predict", "report"]}
+                      "registry": ["announce_champion", "evaluate", "promote", "register"],
+                      "delivery": ["predict", "report"]}
     top_level = sorted(name for name, node in dag.task_group.children.items() if not hasattr(node, "children"))
     assert top_level == ["configure", "restore_params"]
 
@@ -118,6 +119,22 @@ def test_training_runs_on_raw_data_updates_and_weekly():
     assert type(timetable).__name__ == "AssetOrTimeSchedule"
     assert [a.uri for a in timetable.asset_condition.objects] == [orch.RAW_DATA_ASSET["uri"]]
     assert timetable.timetable.expression == "0 3 * * 0"
+
+
+def test_a_new_champion_by_any_path_starts_the_retrieval_dag():
+    """The champion asset: updated by the training DAG's gated promotion and by the registry watch (a
+    move by hand in MLflow), and the retrieval DAG's schedule."""
+    bag = airflow.dagbag()
+    champion = orch.CHAMPION_ASSET["uri"]
+    assert [a.uri for a in bag.dags["trafficlip_training"].get_task("announce_champion").outlets] == [champion]
+    assert bag.dags["trafficlip_training"].get_task("announce_champion").upstream_task_ids == {"promote"}
+    watch = bag.dags["trafficlip_registry_watch"]
+    assert [a.uri for a in watch.get_task("announce_champion").outlets] == [champion]
+    assert watch.timetable.expression == "*/5 * * * *" and watch.max_active_runs == 1
+    retrieval = bag.dags["trafficlip_retrieval"]
+    assert [a.uri for a in retrieval.timetable.asset_condition.objects] == [champion]
+    for name in ("gallery", "queries", "output", "model"):      # a scheduled run has no form: all optional
+        assert "null" in retrieval.params.get_param(name).schema["type"], name
 
 
 def test_no_secret_reaches_the_dag_files_or_the_serialised_dags(monkeypatch):
@@ -200,6 +217,7 @@ def test_training_dag_runs_end_to_end_and_registers_a_champion(trained):
     assert xcom["configure"]["changed"]["train.lr"]["to"] == 0.002
     assert xcom["register"]["version"] == 1
     assert xcom["promote"]["decision"] == "promoted" and xcom["promote"]["champion_after"] == 1
+    assert xcom["announce_champion"] == {"champion": 1, "before": None}       # the champion asset's event
     submission = read_submission(root / "outputs" / "submission.json")
     assert len(submission) == len((root / "data" / "raw" / "test" / "test_text.txt").read_text().splitlines())
     report = xcom["report"]
@@ -229,6 +247,7 @@ def test_second_run_with_unchanged_data_skips_the_dvc_stages(trained):
     for task_id in DVC_TASKS:
         assert states[task_id] == "skipped", (task_id, states)
     assert states["register"] == states["promote"] == "success"
+    assert states["announce_champion"] == "skipped"                          # @champion did not move
     assert json.loads((root / "reports" / "promotion.json").read_text())["decision"] == "already_champion"
     from mlflow import MlflowClient
     assert len(MlflowClient(f"sqlite:///{root / 'mlruns.db'}").search_model_versions("name='traffic-clip'")) == 1
@@ -291,3 +310,47 @@ def test_ingest_dag_tracks_a_new_dataset_and_updates_the_asset(trained, tmp_path
                           text=True).stdout.strip() == result["commit"]
     # a training run on the previous data revision puts the old data back
     assert orch.checkout_data(root, head)["data_md5"] != result["data_md5"]
+
+
+@pytest.mark.e2e
+def test_a_champion_moved_by_hand_is_recorded_and_starts_retrieval(trained, monkeypatch):
+    """Someone moves @champion in the MLflow UI (its API here): the registry-watch DAG records it as a
+    manual, ungated change and updates the champion asset; the retrieval DAG, run as that event starts
+    it (no form), ranks the workspace's test split with the new champion."""
+    root, dags, _, _ = trained
+    import mlflow
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlruns.db'}")
+    [version] = client.search_model_versions("name='traffic-clip'")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
+    second = int(mlflow.register_model(version.source, "traffic-clip").version)     # the same model, again
+    client.set_registered_model_alias("traffic-clip", "champion", str(second))
+
+    def champion_events() -> list:
+        with create_session() as session:
+            return (session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                    .filter(AssetModel.uri == orch.CHAMPION_ASSET["uri"]).all())
+
+    before = len(champion_events())
+    run = dags["trafficlip_registry_watch"].test()
+    states = {ti.task_id: ti for ti in run.get_task_instances()}
+    assert run.state == "success" and states["announce_champion"].state == "success"
+    synced = states["sync_aliases"].xcom_pull(task_ids="sync_aliases")
+    assert [(c["alias"], c["from"], c["to"], c["origin"]) for c in synced["changes"]] == [
+        ("champion", 1, second, "manual, ungated")]
+    events = champion_events()
+    assert len(events) == before + 1 and events[-1].source_dag_id == "trafficlip_registry_watch"
+    assert client.get_model_version("traffic-clip", str(second)).tags["alias_champion_origin"] == "manual, ungated"
+    again = dags["trafficlip_registry_watch"].test()
+    assert {ti.task_id: ti.state for ti in again.get_task_instances()}["announce_champion"] == "skipped"
+
+    # the fields as an asset-triggered run has them: their defaults, empty (an explicit conf, because an
+    # in-process dag.test keeps the previous test's conf in the DAG's params)
+    run = dags["trafficlip_retrieval"].test(run_conf={"gallery": "", "queries": "", "output": "", "model": None})
+    assert run.state == "success"
+    report = json.loads((root / paths.CHAMPION_RETRIEVAL / "retrieval_report.json").read_text())
+    assert report["version"] == second and report["model"] == "models:/traffic-clip@champion"

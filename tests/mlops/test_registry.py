@@ -342,3 +342,59 @@ def test_a_registered_version_describes_its_metrics_data_evaluation_and_gate(tra
     registry.promote(_params(name), tmp_path / "r.json", tmp_path / "p.json")
     promoted = MlflowClient().get_model_version(name, str(registration["version"]))
     assert "gate: promoted (no champion yet" in promoted.description
+
+
+# --- promotion by hand: aliases moved in the MLflow UI or API ----------------------------------
+
+def test_an_alias_moved_by_hand_is_detected_recorded_and_shown_with_its_conflicts(tracked, tmp_path, capsys):
+    """Someone moves @champion to a version the gate rejected, in the MLflow UI (here: its API, which
+    the UI calls). The next trafficlip command that looks records it on that version (manual, ungated,
+    when, which version held it before), `trafficlip models` shows it and the conflict, and a rollback
+    goes back to the gated champion."""
+    name = unique_name("manual")
+    params = _params(name, min_gain=0.01)
+    base = _real_scores(tracked)
+    registry.promote(params, _craft(tracked, tmp_path, name, base), tmp_path / "p1.json")
+    registry.promote(params, _craft(tracked, tmp_path, name, base), tmp_path / "p2.json")   # equal: rejected
+    client = MlflowClient()
+    assert _champion(name) == 1 and int(client.get_registered_model(name).aliases["challenger"]) == 2
+    assert registry.sync_aliases(params)["changes"] == []                       # gated moves are not "manual"
+
+    client.set_registered_model_alias(name, "champion", "2")                   # by hand
+    synced = registry.sync_aliases(params)
+    assert synced["champion_changed"] and synced["champion"] == 2
+    assert [(c["alias"], c["from"], c["to"], c["origin"]) for c in synced["changes"]] == [
+        ("champion", 1, 2, "manual, ungated")]
+    assert any("both @champion and @challenger" in c for c in synced["conflicts"])
+    assert any("'rejected'" in c for c in synced["conflicts"])
+    tags = client.get_model_version(name, "2").tags
+    assert tags["alias_champion_origin"] == "manual, ungated" and tags["alias_champion_from"] == "1"
+    assert tags["alias_champion_at"] and "outside trafficlip" in tags["alias_champion_by"]
+    assert registry.sync_aliases(params)["changes"] == []                       # recorded once
+
+    assert main(["models", "--params", str(ROOT / "params.yaml"), "--set", f"mlflow.registered_model={name}"]) == 0
+    table = capsys.readouterr().out
+    assert "@champion (manual)" in table and "@challenger" in table
+    assert "@champion -> version 2: manual, ungated" in table and "conflict: version 2 is both" in table
+
+    registry.rollback(params, tmp_path / "rollback.json")                      # back to the gated champion
+    assert _champion(name) == 1
+    assert client.get_model_version(name, "1").tags["alias_champion_origin"] == "trafficlip rollback"
+    assert registry.sync_aliases(params)["changes"] == []
+
+
+def test_an_alias_deleted_by_hand_and_a_gated_promotion_are_told_apart(tracked, tmp_path):
+    name = unique_name("deleted")
+    params = _params(name, min_gain=0.01)
+    base = _real_scores(tracked)
+    registry.promote(params, _craft(tracked, tmp_path, name, base), tmp_path / "p1.json")
+    tags = MlflowClient().get_model_version(name, "1").tags
+    assert tags["alias_champion_origin"] == "trafficlip promote: promoted by the gate"
+    assert tags["alias_champion_from"] == "none"
+    MlflowClient().delete_registered_model_alias(name, "champion")
+    better = _craft(tracked, tmp_path, name, np.clip(base + 0.3, 0, 1))
+    decision = registry.promote(params, better, tmp_path / "p2.json")
+    # the promotion saw the deletion first (recorded as manual), then promoted on the floor rule
+    assert [(c["alias"], c["to"]) for c in decision["manual_changes_found"]] == [("champion", None)]
+    assert decision["champion_after"] == 2 and decision["champion_changed"]
+    assert registry.sync_aliases(params)["changes"] == []

@@ -25,7 +25,7 @@ from tasks.mlops import registry
 from tests.support import ROOT, airflow
 from tests.support.params import tracked_params, unique_name
 
-VOLATILE_TAGS = {"promotion_at"}       # when a decision was made: differs between two registered models
+VOLATILE_TAGS = {"promotion_at", "alias_champion_at", "alias_challenger_at"}   # when: differs between two models
 
 
 def registry_state(client: MlflowClient, name: str, volatile: set[str] = frozenset()) -> dict:
