@@ -50,7 +50,7 @@ run: $(STAMP)
 	@$(AIRFLOW_ENV) trafficlip airflow-setup > $(AIRFLOW_HOME_DIR)/setup.log 2>&1 || { cat $(AIRFLOW_HOME_DIR)/setup.log; exit 1; }
 	@echo "== airflow dags test trafficlip_training (runner local; the full log: $(AIRFLOW_HOME_DIR)/dags-test.log)"
 	@set -o pipefail; $(AIRFLOW_ENV) airflow dags test trafficlip_training --conf '$(RUN_CONF)' 2>&1 \
-	  | $(BIN)/python -m tasks.orchestration.live $(AIRFLOW_HOME_DIR)/dags-test.log \
+	  | $(BIN)/python -m tasks.orchestration.live $(AIRFLOW_HOME_DIR)/dags-test.log $(AIRFLOW_HOME_DIR)/logs \
 	  || { tail -n 60 $(AIRFLOW_HOME_DIR)/dags-test.log; exit 1; }
 	@grep -E "Marking run .* (successful|failed)" $(AIRFLOW_HOME_DIR)/dags-test.log | tail -n 1 | sed 's/.*Marking run/run/' || true
 	@grep -q "Marking run .* successful" $(AIRFLOW_HOME_DIR)/dags-test.log \
