@@ -88,13 +88,14 @@ ablate: $(STAMP)
 compose-tool:
 	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose)
 
-# `make test`: every test, the service, browser and end-to-end ones included (about 15 minutes on 2 cores).
-# `make test-fast`: the unit tests only (pyproject.toml's markers: not service, browser or e2e), the inner loop.
+# `make test`: every test but the container ones, the service, browser and end-to-end ones included (about 15
+# minutes on 2 cores). `make test-fast`: the unit tests only (pyproject.toml's markers: not service, browser, e2e
+# or containers), the inner loop. `make test-containers`: the container tests (below).
 test: $(STAMP) compose-tool chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not containers"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not (service or browser or e2e)"
+	$(BIN)/python -m pytest -q -m "not (service or browser or e2e or containers)"
 
 clean:
 	rm -rf data/prepared data/augmented models outputs reports metrics
@@ -218,3 +219,19 @@ bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py --results benchmarks/results.md
 
 .PHONY: bench bench-scale
+
+# `make test-containers`: the images and the pipeline in containers, for real (tests/containers, marker containers).
+# docker/engine.sh installs a container engine from Debian's packages (docker.io; podman serving the Docker API
+# where docker.io's daemon cannot start), starts it on its own socket, makes the local Debian base image and builds
+# the three images on it; pytest runs against it; the engine is stopped after (images kept: a second run reuses
+# the build cache). As root (it installs packages and starts a daemon). `docker/engine.sh teardown` removes it all.
+ENGINE := docker/engine.sh
+test-containers: $(STAMP) compose-tool
+	$(ENGINE) install
+	$(ENGINE) up
+	$(ENGINE) build
+	@eval "$$($(ENGINE) env)"; status=0; \
+	  $(BIN)/python -m pytest -q -m containers tests/containers || status=$$?; \
+	  $(ENGINE) down; exit $$status
+
+.PHONY: test-containers

@@ -5,6 +5,8 @@
 # 3. when the workspace volume is still empty and WORKSPACE_GIT_URL is set: clone it there, then `dvc pull`.
 # Idempotent: an existing workspace is never touched.
 set -euo pipefail
+# files written in the shared workspace stay writable by group 0 (the training image's user), as the entrypoint does
+umask 0002
 : "${AIRFLOW_ADMIN_PASSWORD:?AIRFLOW_ADMIN_PASSWORD is not set (docker/.env)}"
 : "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:?}"
 

@@ -4,13 +4,25 @@
 # pinned to the versions the tests ran.
 #
 #   docker build -f docker/mlflow.Dockerfile -t trafficlip-mlflow:3.17.2 docker/
-FROM python:3.11-slim-bookworm
+#
+# BASE is the same Python/Debian base as the other two images (docker/engine.sh builds a local one where no
+# registry can be reached); a build secret `ca_bundle` (a CA bundle) is trusted by pip during the build only.
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
 
-ENV PYTHONUNBUFFERED=1 \
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+ENV LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
 
-RUN pip install --no-cache-dir "mlflow[auth]==3.17.2" "psycopg[binary]==3.3.9" "boto3==1.44.8" \
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && python3 -m venv "$VIRTUAL_ENV" \
+    && pip install --no-cache-dir "mlflow[auth]==3.17.2" "psycopg[binary]==3.3.9" "boto3==1.44.8" \
     && useradd --uid 10001 --gid 0 --create-home --home-dir /home/mlflow mlflow
 
 COPY mlflow-auth.ini mlflow-init.py /opt/mlflow/

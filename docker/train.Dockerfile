@@ -1,4 +1,4 @@
-# The GPU training image: the `trafficlip` CLI on a CUDA runtime, run by the training DAG's `docker` runner
+# The GPU training image: the `trafficlip` CLI on a Python/Debian base, run by the training DAG's `docker` runner
 # (tasks/orchestration/runners.py, DockerOperator) and `kubernetes` runner (KubernetesPodOperator), or by hand.
 #
 #   docker build -f docker/train.Dockerfile -t trafficlip-train:0.1.0 .
@@ -23,17 +23,27 @@
 #   CPUs per training process (the container's --cpus divided by the GPUs); 0 keeps torch's default.
 #   Training reads decoded image shards (data/prepared), so there are no data-loader worker processes.
 #
-# The torch wheel from PyPI carries its own CUDA and cuDNN libraries (torch 2.15: CUDA 13.x), so the host
-# needs an NVIDIA driver for CUDA 13 (R580 or newer) and the NVIDIA Container Toolkit; the base image
-# supplies a matching CUDA 13 user space and the NVIDIA_* settings the toolkit reads.
-FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+# The base is a build argument, the same for the three images of the stack (docker/engine.sh builds them on
+# a Debian bookworm base made from Debian packages where no registry can be reached). The torch wheel from
+# PyPI carries its own CUDA and cuDNN libraries (torch 2.15: CUDA 13.x), so no CUDA base image is needed: the
+# host needs an NVIDIA driver for CUDA 13 (R580 or newer) and the NVIDIA Container Toolkit, which injects the
+# driver's libraries into the container.
+#
+# Build arguments, all optional: BASE; TORCH_VERSION / TORCHVISION_VERSION; PIP_EXTRA_INDEX_URL (another wheel
+# index for torch, e.g. https://download.pytorch.org/whl/cu128 for an older driver); WHEELHOUSE (a find-links
+# folder or URL that holds torch, torchvision and their dependencies: torch then installs from it alone,
+# --no-index, instead of downloading it; docker/engine.sh serves one to its builds). A build secret
+# `ca_bundle` (a CA bundle file) is trusted by pip during the build only, for a network whose HTTPS proxy
+# re-signs certificates; it never enters a layer.
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 ARG TORCH_VERSION=2.15.0
 ARG TORCHVISION_VERSION=0.29.2
-# another wheel index for torch (for example https://download.pytorch.org/whl/cu128 for an older driver)
 ARG PIP_EXTRA_INDEX_URL=""
+ARG WHEELHOUSE=""
 
 ENV DEBIAN_FRONTEND=noninteractive \
     LANG=C.UTF-8 \
@@ -46,24 +56,34 @@ ENV DEBIAN_FRONTEND=noninteractive \
     DVC_NO_ANALYTICS=1 \
     HF_HOME=/cache/huggingface \
     TORCH_HOME=/cache/torch \
-    XDG_CACHE_HOME=/cache
+    XDG_CACHE_HOME=/cache \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
-# Ubuntu's Python 3.12 for the virtual environment, git for the lineage tags (git commit of the workspace).
-# DL3008 (apt packages without versions), on purpose: the base image's tag already fixes the Ubuntu release,
-# and Ubuntu's archive keeps only the current version of each package, so exact pins would break the
+# git for the lineage tags (git commit of the workspace), a virtual environment for the project.
+# DL3008 (apt packages without versions), on purpose: the base image's tag already fixes the Debian release,
+# and Debian's archive keeps only the current version of each package, so exact pins would break the
 # build at the next security update instead of taking it.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \
+    && apt-get install -y --no-install-recommends git ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv "$VIRTUAL_ENV" \
     && git config --system --add safe.directory /workspace
 
-# The project (torch, open_clip_torch, dvc, mlflow and the `tasks` package with its `trafficlip` script),
-# without the `dev` and `airflow` extras: the trainer runs one CLI command, it schedules nothing.
+# torch and torchvision alone first (the largest layer, which changes only with their versions), from the
+# wheelhouse when one is given, else from PyPI (plus PIP_EXTRA_INDEX_URL).
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && if [ -n "$WHEELHOUSE" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHEELHOUSE"; fi \
+    && pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
+
+# The project (open_clip_torch, dvc, mlflow and the `tasks` package with its `trafficlip` script), without
+# the `dev` and `airflow` extras: the trainer runs one CLI command, it schedules nothing.
 COPY pyproject.toml README.md /tmp/trafficlip/
 COPY tasks /tmp/trafficlip/tasks
-RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" /tmp/trafficlip \
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" /tmp/trafficlip \
     && rm -rf /tmp/trafficlip \
     && command -v trafficlip torchrun \
     && useradd --uid 50000 --gid 0 --create-home --home-dir /home/trainer --shell /bin/bash trainer \

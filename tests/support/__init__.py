@@ -9,6 +9,7 @@
 - procs.py: long-running processes in sessions of their own: start, wait for, stop (process groups)
 - airflow.py: an Airflow environment, `trafficlip airflow-setup`, the DagBag, the REST API with a JWT
 - services.py: the machine's PostgreSQL and Redis (fresh databases, dropped after)
+- engine.py: docker/engine.sh's container engine and images (tests/containers), a workspace owned as a deployment owns it
 - browser.py: Debian's Chromium and Playwright
 - weights.py: comparing trained weights
 - evaluation.py: hand-made metrics and training steps for the report tests
