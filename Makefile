@@ -152,37 +152,6 @@ print("logs in .airflow/ (standalone.log, mlflow.log); stop both with: make down
 endef
 export UP_WAIT
 
-define UP_STOP
-import os, signal
-from pathlib import Path
-import psutil
-home, marker = Path(os.environ["UP_HOME"]), os.environ["UP_MARKER"]
-procs = []
-for proc in psutil.process_iter():
-    try:
-        if proc.pid != os.getpid() and proc.environ().get("TRAFFICLIP_MAKE_UP") == marker:
-            procs.append(proc)
-    except psutil.Error:
-        pass
-for name in ("airflow", "mlflow"):
-    try:
-        pid = int((home / f"{name}.pid").read_text())
-        if any(p.pid == pid for p in procs):
-            print(f"stopping {name} (pid {pid})")
-            os.killpg(pid, signal.SIGTERM)
-    except (OSError, ValueError):
-        pass
-_, alive = psutil.wait_procs(procs, timeout=30)
-for proc in alive:
-    proc.terminate()
-_, alive = psutil.wait_procs(alive, timeout=10)
-for proc in alive:
-    proc.kill()
-for name in ("airflow", "mlflow"):
-    (home / f"{name}.pid").unlink(missing_ok=True)
-print(f"stopped {len(procs)} processes" if procs else "nothing to stop")
-endef
-export UP_STOP
 
 up: $(STAMP)
 	@mkdir -p $(UP_HOME)
@@ -202,7 +171,7 @@ up: $(STAMP)
 	@UP_HOME=$(UP_HOME) UP_AIRFLOW_URL=$(UP_AIRFLOW_URL) UP_MLFLOW_URL=$(UP_MLFLOW_URL) $(BIN)/python -c "$$UP_WAIT"
 
 down:
-	@UP_HOME=$(UP_HOME) UP_MARKER=$(CURDIR) $(BIN)/python -c "$$UP_STOP"
+	@$(BIN)/python -m tasks.orchestration.stop $(UP_HOME) $(CURDIR)
 
 .PHONY: chromium up down
 
