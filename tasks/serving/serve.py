@@ -205,6 +205,9 @@ def create_app(searcher: Searcher | Following, digest: bytes | None = None):
         score: float
         url: str
 
+    class ErrorDetail(BaseModel):
+        detail: str
+
     class SearchResponse(BaseModel):
         query: str
         model: str
@@ -236,7 +239,9 @@ def create_app(searcher: Searcher | Following, digest: bytes | None = None):
         options = "".join(f'<option value="{n}"{" selected" if n == 10 else ""}>top {n}</option>' for n in (5, 10, 20, 50))
         return PAGE.format(about=about, max_chars=MAX_QUERY_CHARS, top_options=options)
 
-    @app.get("/api/search", response_model=SearchResponse, summary="Rank the gallery for a text query")
+    @app.get("/api/search", response_model=SearchResponse, summary="Rank the gallery for a text query",
+             responses={400: {"model": ErrorDetail, "description": "A blank query (white space only), which "
+                                                                   "the length limits cannot express"}})
     def search(q: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, description="the query text"),
                top: int = Query(10, ge=1, le=MAX_TOP, description="how many images")) -> SearchResponse:
         searcher = following.current
@@ -249,7 +254,10 @@ def create_app(searcher: Searcher | Following, digest: bytes | None = None):
                               results=[Result(rank=h.rank, image=h.image, score=h.score, url=f"images/{h.image}")
                                        for h in hits])
 
-    @app.get("/images/{name}", summary="A gallery image by its name")
+    @app.get("/images/{name}", summary="A gallery image by its name", response_class=FileResponse,
+             responses={200: {"description": "The image file, as it is in the gallery",
+                              "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}},
+                        404: {"model": ErrorDetail, "description": "No gallery image has that name"}})
     def image(name: str):
         path = following.current.image_path(name)
         if path is None:
