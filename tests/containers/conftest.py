@@ -1,5 +1,5 @@
 """Fixtures of the container tests: the engine (docker/engine.sh's), a tiny workspace owned as a deployment
-owns it, and the environment the DAG's docker runner reads."""
+owns it, the environment the DAG's docker runner reads, and that runner's operator on this engine."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ def engine():
 def workspace(tmp_path, tiny_raw):
     """A tiny git + DVC workspace (tests/support/workspace.py), owned by the images' user (uid 50000, group 0)."""
     return engine_support.deployment_owned(make_workspace(tmp_path / "workspace", tiny_raw))
+
+
+@pytest.fixture
+def train_operator(monkeypatch):
+    """tests/support/engine.py's ``train_operator(workspace, **settings)``, with DOCKER_HOST set to this engine for
+    the test (the operator's docker client reads it when it runs)."""
+    monkeypatch.setenv("DOCKER_HOST", engine_support.docker_host())
+    return engine_support.train_operator
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.orchestration import runners
 from tasks.orchestration import workspace as orch
 from tests.support import cli
 from tests.support import engine as engine_support
@@ -16,31 +15,14 @@ from tests.support.workspace import project_env
 pytestmark = pytest.mark.containers
 
 
-def _operator(monkeypatch, workspace, **overrides):
-    """The runner's DockerOperator as the DAG builds it, on this engine, for a machine without a GPU
-    (TRAFFICLIP_TRAIN_GPUS=0: no device request, which Docker refuses where no NVIDIA runtime is installed)."""
-    monkeypatch.setenv("DOCKER_HOST", engine_support.docker_host())
-    settings = runners.RunnerSettings.from_env({"TRAFFICLIP_TRAIN_GPUS": "0", "TRAFFICLIP_TRAIN_SHM": "1g",
-                                                "TRAFFICLIP_TRAIN_IMAGE": engine_support.TRAIN_IMAGE, **overrides})
-    return runners.docker_operator(settings, workspace, task_id="train_docker")
-
-
-def _host_stages(workspace, env, *stages):
-    """The stages before train, run on the host as the DAG's worker runs them (dvc.yaml's commands)."""
-    with engine_support.group_writable_umask():
-        for stage in stages:
-            result = cli.run(*orch.stage_argv(workspace, stage), cwd=workspace, env=env)
-            assert result.returncode == 0, f"{stage}:\n{result.stderr[-3000:]}"
-
-
 def test_the_docker_runner_trains_in_the_image_and_the_outputs_land_in_the_workspace(
-        engine, workspace, mlflow_server, monkeypatch):
+        engine, workspace, mlflow_server, train_operator, monkeypatch):
     # the worker's MLflow settings, which the runner passes to the container when the task runs; the server
     # listens on the host's 127.0.0.1, so the container joins the host's network (test_training_dag.py says why)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _host_stages(workspace, project_env(MLFLOW_TRACKING_URI=mlflow_server), "prepare", "augment")
-    op = _operator(monkeypatch, workspace, TRAFFICLIP_DOCKER_NETWORK="host")
+    engine_support.host_stages(workspace, project_env(MLFLOW_TRACKING_URI=mlflow_server), "prepare", "augment")
+    op = train_operator(workspace, TRAFFICLIP_DOCKER_NETWORK="host")
     assert op.image == engine_support.TRAIN_IMAGE and op.device_requests is None and op.network_mode == "host"
     assert [m["Type"] for m in op.mounts] == ["bind"] and op.mounts[0]["Source"] == str(workspace)
     assert "MLFLOW_TRACKING_URI" not in op.environment   # private: added when the task runs, never rendered
@@ -66,7 +48,8 @@ def test_the_docker_runner_trains_in_the_image_and_the_outputs_land_in_the_works
     assert not engine_support.leftover_containers(engine, engine_support.TRAIN_IMAGE)
 
 
-def test_a_failing_training_container_fails_the_task_with_its_exit_code(engine, workspace, mlflow_server, monkeypatch):
+def test_a_failing_training_container_fails_the_task_with_its_exit_code(engine, workspace, mlflow_server, train_operator,
+                                                                      monkeypatch):
     """The CLI's exit code (2: a user's mistake) reaches the DockerOperator, which fails the task with the
     container's output (in the task's log too); the container is removed all the same (the provider's
     auto_remove="success" removes it once its logs are read, whatever its exit code)."""
@@ -77,7 +60,7 @@ def test_a_failing_training_container_fails_the_task_with_its_exit_code(engine, 
             "--reports", "reports"]
     expected = cli.run(*args, cwd=workspace, env=project_env(MLFLOW_TRACKING_URI=mlflow_server))
     assert expected.returncode == 2, expected.stderr
-    op = _operator(monkeypatch, workspace, TRAFFICLIP_DOCKER_NETWORK="host")
+    op = train_operator(workspace, TRAFFICLIP_DOCKER_NETWORK="host")
     assert op.entrypoint == ["trafficlip"] and op.command[0] == args[0] == "train"
     op.command = args
     with pytest.raises(DockerContainerFailedException) as failure:

@@ -1,5 +1,6 @@
 """The container engine of the container tests (tests/containers): docker/engine.sh's API socket, the images it
-built, and a workspace owned as a deployment owns it. Nothing here starts the engine: `make test-containers`
+built, a workspace owned as a deployment owns it, the stages a worker runs before training, the `docker` runner's
+operator as the training DAG builds it, and the containers of one workspace. Nothing here starts the engine: `make test-containers`
 does (docker/engine.sh install, up, build) before pytest; an engine that does not answer, or an image that is
 missing, fails the test with the command that fixes it, never a skip."""
 
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tasks.orchestration import runners
+from tasks.orchestration import workspace as orch
+from tests.support import ROOT, cli
 
 ENGINE_SH = ROOT / "docker" / "engine.sh"
 # the images docker/engine.sh builds (docker/compose.yaml's names)
@@ -78,3 +81,29 @@ def group_writable_umask() -> Iterator[None]:
 def leftover_containers(engine, image: str) -> list:
     """Containers of ``image`` that still exist (running or exited)."""
     return engine.containers.list(all=True, filters={"ancestor": image})
+
+
+def host_stages(workspace: Path, env: dict, *stages: str) -> None:
+    """The stages before train, run on the host as the DAG's worker runs them (dvc.yaml's commands), with the
+    Airflow image's umask (group_writable_umask)."""
+    with group_writable_umask():
+        for stage in stages:
+            result = cli.run(*orch.stage_argv(workspace, stage), cwd=workspace, env=env)
+            assert result.returncode == 0, f"{stage}:\n{result.stderr[-3000:]}"
+
+
+def train_operator(workspace: Path, **overrides: str):
+    """The `docker` runner's DockerOperator as the training DAG builds it (tasks/orchestration/runners.py), for the
+    training image of this engine on a machine without a GPU (TRAFFICLIP_TRAIN_GPUS=0: no device request, which
+    Docker refuses where no NVIDIA runtime is installed); ``overrides`` are more deployment settings. Its docker
+    client reads DOCKER_HOST when it runs: set it to docker_host() (conftest's ``train_operator`` fixture does)."""
+    settings = runners.RunnerSettings.from_env({"TRAFFICLIP_TRAIN_GPUS": "0", "TRAFFICLIP_TRAIN_SHM": "1g",
+                                                "TRAFFICLIP_TRAIN_IMAGE": TRAIN_IMAGE, **overrides})
+    return runners.docker_operator(settings, workspace, task_id="train_docker")
+
+
+def workspace_containers(engine, workspace: Path, running_only: bool = False) -> list:
+    """The training image's containers that have ``workspace`` bind-mounted: this test's own, never another
+    test's or another session's on the same engine."""
+    return [c for c in engine.containers.list(all=not running_only, filters={"ancestor": TRAIN_IMAGE})
+            if any(m.get("Source") == str(workspace) for m in c.attrs.get("Mounts", []))]
