@@ -142,7 +142,7 @@ def test_training_dag_succeeds_on_celery_with_postgres_and_redis(tmp_path, tiny_
 
             # the branch took the local runner; everything else on the path succeeded
             expected = {"configure", "validate", "prepare", "augment", "choose_runner", "train_local", "record_train",
-                        "evaluate", "register", "promote", "predict", "report", "restore_params"}
+                        "evaluate", "register", "promote", "announce_champion", "predict", "report", "restore_params"}
             assert {task for task, ti in tis.items() if ti["state"] == "success"} == expected, tis
             assert {tis["train_docker"]["state"], tis["train_kubernetes"]["state"]} == {"skipped"}
 
