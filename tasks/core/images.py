@@ -11,7 +11,9 @@ stream:
 
 - :class:`ShardWriter` appends each image to the open shard's temporary file as it comes and renames
   the shard into place when it fills (the index, ``images.json``, last), so writing holds no image
-  in memory; the files are byte-for-byte what ``safetensors.torch.save_file`` writes.
+  in memory; the files are byte-for-byte what ``safetensors.torch.save_file`` writes. Rows reused
+  from a previous cache (``add_reused``) that make up a whole shard of it, in order, are that
+  shard's file, linked instead of rewritten.
 - :class:`ImageCache` reads only the rows asked for, with positional reads (``os.preadv``) from each
   shard: nothing is kept between calls but the shards' headers, so a process's resident memory does
   not grow with the dataset, and every process reading the cache (torchrun's ranks, evaluation) shares
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 from pathlib import Path
 from typing import Generator, Sequence
@@ -244,6 +247,7 @@ class ShardWriter:
         self.count = 0
         self.shards: list[str] = []
         self._open: Generator | None = None     # the open shard (see _shard), fed one row at a time
+        self._refs: list[tuple[ImageCache, int]] = []   # reused rows not written yet (see add_reused)
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> ShardWriter:
@@ -257,16 +261,30 @@ class ShardWriter:
         if array.shape != (self.size, self.size, 3) or array.dtype != np.uint8:
             raise ValueError(f"expected a uint8 [{self.size}, {self.size}, 3] image, got {array.dtype} "
                              f"{list(array.shape)}")
-        if self._open is None:
-            self._start()
-        self._open.send(np.ascontiguousarray(array))
-        self.count += 1
-        if self.count % self.shard_size == 0:
-            self._finish()
+        self._write_refs()
+        self._append(array)
+
+    def add_reused(self, cache: ImageCache, row: int) -> None:
+        """The next image is row ``row`` of another cache (a previous prepare's). The same bytes as
+        ``add(cache[[row]][0])``, but when a whole shard of this cache is a whole shard of that one, row
+        for row, the file is linked (or copied) instead of rewritten: an unchanged shard costs nothing."""
+        if self._continues_refs(cache, row):
+            self._refs.append((cache, row))
+            if len(self._refs) == self.shard_size:
+                self._link_refs()
+            return
+        self._write_refs()
+        self._append(cache[[row]][0].numpy())
 
     def close(self) -> Path:
         """Finish the last shard (an empty one for an empty split, as safetensors would write it) and
         write the index."""
+        if self._refs:
+            cache, first = self._refs[0]
+            if len(self._refs) == cache._rows_in(first // self.shard_size):   # the whole (last) shard
+                self._link_refs()
+            else:
+                self._write_refs()
         if self._open is not None or not self.shards:
             if self._open is None:
                 self._start()
@@ -277,9 +295,50 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the open shard (its temporary file is removed; finished shards stay)."""
-        shard, self._open = self._open, None
+        shard, self._open, self._refs = self._open, None, []
         if shard is not None:
             shard.close()
+
+    def _append(self, array: np.ndarray) -> None:
+        if self._open is None:
+            self._start()
+        self._open.send(np.ascontiguousarray(array))
+        self.count += 1
+        if self.count % self.shard_size == 0:
+            self._finish()
+
+    def _continues_refs(self, cache: ImageCache, row: int) -> bool:
+        """Whether row ``row`` of ``cache`` extends the reused rows that could still be a whole shard of it:
+        a new shard begins with a shard's first row, and each next row is the next one of the same cache,
+        whose images and shards have this writer's size."""
+        if self._open is not None or cache.size != self.size or cache.shard_size != self.shard_size:
+            return False
+        if not self._refs:
+            return row % self.shard_size == 0
+        first_cache, first = self._refs[0]
+        return cache is first_cache and row == first + len(self._refs)
+
+    def _write_refs(self) -> None:
+        refs, self._refs = self._refs, []
+        for cache, row in refs:
+            self._append(cache[[row]][0].numpy())
+
+    def _link_refs(self) -> None:
+        """The pending rows are a whole shard of their cache: that file, hard-linked (copied where links
+        are refused), is this shard byte for byte (the same rows, so the same header)."""
+        cache, first = self._refs[0]
+        source = cache.folder / cache.shards[first // self.shard_size]
+        read_shard_layout(source, len(self._refs), self.size)
+        name = SHARD_NAME.format(len(self.shards))
+        with atomic_path(self.folder / name) as tmp:
+            tmp.unlink()
+            try:
+                os.link(source, tmp)
+            except OSError:     # another file system, or links not allowed
+                shutil.copyfile(source, tmp)
+        self.shards.append(name)
+        self.count += len(self._refs)
+        self._refs = []
 
     def _start(self) -> None:
         name = SHARD_NAME.format(len(self.shards))

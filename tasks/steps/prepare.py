@@ -15,7 +15,8 @@ folder (``data/prepared`` is a ``persist`` output in dvc.yaml, so DVC leaves it 
 reruns) hashes every file and decodes only those whose digest the previous cache does not hold; the
 others' rows are copied from it. Same bytes and same fingerprint means the same decode, so the result
 is byte-for-byte a full prepare's (tested); the log and the step's result say how many images were
-decoded and how many reused (docs/scale.md).
+decoded and how many reused (docs/scale.md). A shard whose rows are all a previous shard's, in order,
+is that file, hard-linked: adding images at the end of a split rewrites only its last shard.
 
 Output (``data/prepared``, a DVC stage output):
   {train,val,test}/images-*.safetensors + images.json   padded, resized uint8 images
@@ -181,9 +182,9 @@ class Previous:
     def __len__(self) -> int:
         return len(self._where)
 
-    def image(self, digest: bytes) -> np.ndarray:
-        cache, row = self._where[digest]
-        return cache[[row]][0].numpy()
+    def where(self, digest: bytes) -> tuple[ImageCache, int]:
+        """The cache and row holding the image of this digest."""
+        return self._where[digest]
 
 
 def run(params: dict, data: str | Path, out: str | Path) -> dict:
@@ -203,7 +204,10 @@ def run(params: dict, data: str | Path, out: str | Path) -> dict:
         logger.info("%d image(s) of the previous cache can be reused (same file bytes, same decoder)", len(previous))
 
     def sink(split: str, array, digest: bytes) -> None:
-        writers[split].add(previous.image(digest) if array is None else array)
+        if array is None:
+            writers[split].add_reused(*previous.where(digest))     # linked with its whole shard when it can be
+        else:
+            writers[split].add(array)
 
     with contextlib.ExitStack() as stack:
         # each split's new folder, swapped in for the old one when the stack closes without an error

@@ -183,9 +183,15 @@ def test_adding_images_decodes_only_them_and_the_cache_is_a_full_prepares(raw_co
     label.write_text("\n".join(lines) + "\n")                 # 12 lines back, with their images
     added = _new_images(raw_copy, lines[-12:], lines[:-12])
     assert added
+    inodes = {p.name: p.stat().st_ino for p in (out / "train").glob("images-*.safetensors")}
     second = prepare.run(_params(7, 2), raw_copy, out)
     assert second["decoded"] == len(added)
     assert second["reused"] == first["decoded"]
+    # the shards before the added images are the previous files, linked, not rewritten; the last is new
+    after = {p.name: p.stat().st_ino for p in (out / "train").glob("images-*.safetensors")}
+    last_old = max(inodes)
+    assert all(after[name] == inode for name, inode in inodes.items() if name != last_old)
+    assert after[last_old] != inodes[last_old]
     prepare.run(_params(7, 2), raw_copy, tmp_path / "full")
     assert _files(out) == _files(tmp_path / "full")
     assert (out / "train" / "sources.safetensors").is_file()
