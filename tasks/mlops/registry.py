@@ -173,15 +173,20 @@ def _user() -> str:
 
 # --- aliases moved by hand ---------------------------------------------------------------------
 
-def _alias_state(client, name: str) -> dict[str, int] | None:
-    """The aliases as trafficlip last saw or set them (None: never recorded, a registry from before)."""
-    text = client.get_registered_model(name).tags.get(ALIAS_STATE)
+def _alias_state(tags: dict[str, str]) -> dict[str, int] | None:
+    """The aliases as trafficlip last saw or set them, from the registered model's tags (None: never
+    recorded, a registry from before)."""
+    text = tags.get(ALIAS_STATE)
     if text is None:
         return None
     try:
         return {str(alias): int(version) for alias, version in json.loads(text).items()}
     except (ValueError, TypeError, AttributeError):
         return {}     # a tag someone edited by hand: every alias counts as a change
+
+
+def _state_text(aliases: dict[str, int]) -> str:
+    return json.dumps({alias: aliases[alias] for alias in sorted(aliases)}, sort_keys=True)
 
 
 def _record_alias(client, name: str, alias: str, version: int, before: int | None, origin: str, by: str,
@@ -192,21 +197,21 @@ def _record_alias(client, name: str, alias: str, version: int, before: int | Non
                                               f"alias_{alias}_from": "none" if before is None else before})
 
 
-def _save_alias_state(client, name: str) -> dict[str, int]:
-    current = _aliases(client, name)
-    client.set_registered_model_tag(name, ALIAS_STATE, json.dumps(
-        {alias: current[alias] for alias in sorted(current)}, sort_keys=True))
+def _save_alias_state(client, name: str, current: dict[str, int] | None = None) -> dict[str, int]:
+    current = _aliases(client, name) if current is None else current
+    client.set_registered_model_tag(name, ALIAS_STATE, _state_text(current))
     return current
 
 
 def _reconcile(client, name: str) -> list[dict]:
     """Record every alias change made outside trafficlip since its last look (hold the lock)."""
-    current = _aliases(client, name)
-    known = _alias_state(client, name)
+    model = client.get_registered_model(name)        # one read: its aliases and tags
+    current = {alias: int(version) for alias, version in model.aliases.items()}
+    known = _alias_state(model.tags)
     if known is None and not current:
         return []
-    if known is None and HISTORY in client.get_registered_model(name).tags:
-        _save_alias_state(client, name)    # promoted by a trafficlip from before this record: the baseline
+    if known is None and HISTORY in model.tags:
+        _save_alias_state(client, name, current)    # promoted by a trafficlip from before this record: the baseline
         return []
     known = known or {}
     changes = []
@@ -224,8 +229,8 @@ def _reconcile(client, name: str) -> list[dict]:
             history = _history(client, name)
             if history[-1:] != [after]:
                 _set_history(client, name, history + [after])
-    if changes or _alias_state(client, name) != current:
-        _save_alias_state(client, name)
+    if changes or model.tags.get(ALIAS_STATE) != _state_text(current):
+        _save_alias_state(client, name, current)
     return changes
 
 
