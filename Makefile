@@ -112,11 +112,16 @@ chromium:
 # `make up`: `airflow standalone` (UI and API, scheduler, DAG processor, triggerer; SQLite, LocalExecutor) over
 # this checkout as the workspace, and the MLflow UI over mlruns.db, in the background; `make down` stops both.
 # Airflow's home, the pids and the logs are in .airflow/; the login is admin and the password Airflow generated.
+# The MLflow UI is a tracking server, so an alias moved in it sends a signed webhook: `make up` also starts
+# `trafficlip webhook-receiver` on WEBHOOK_PORT (records the move, announces a new champion to Airflow) and
+# registers the webhook; its secret and the key MLflow encrypts stored webhook secrets with are kept in .airflow/.
 AIRFLOW_HOST ?= 127.0.0.1
 AIRFLOW_PORT ?= 8080
+WEBHOOK_PORT ?= 8765
 UP_HOME := $(CURDIR)/.airflow
 UP_AIRFLOW_URL := http://$(if $(filter 0.0.0.0,$(AIRFLOW_HOST)),127.0.0.1,$(AIRFLOW_HOST)):$(AIRFLOW_PORT)
 UP_MLFLOW_URL := http://127.0.0.1:$(MLFLOW_PORT)
+UP_WEBHOOK_URL := http://127.0.0.1:$(WEBHOOK_PORT)
 # every process `make up` starts carries TRAFFICLIP_MAKE_UP in its environment: `make down` finds them by it
 UP_ENV := TRAFFICLIP_MAKE_UP=$(CURDIR) AIRFLOW_HOME=$(UP_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
   AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__API__HOST=$(AIRFLOW_HOST) AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
@@ -152,6 +157,27 @@ print("logs in .airflow/ (standalone.log, mlflow.log); stop both with: make down
 endef
 export UP_WAIT
 
+define UP_WEBHOOK_WAIT
+import os, sys, time, urllib.request
+from pathlib import Path
+home, deadline = Path(os.environ["UP_HOME"]), time.monotonic() + 120
+while True:
+    try:
+        urllib.request.urlopen(os.environ["UP_WEBHOOK_URL"] + "/healthz", timeout=5).close()
+        break
+    except Exception:
+        pass
+    try:
+        os.kill(int((home / "webhook.pid").read_text()), 0)
+    except (OSError, ValueError):
+        sys.exit("the webhook receiver did not start; the end of .airflow/webhook.log:\n"
+                 + (home / "webhook.log").read_text()[-3000:])
+    if time.monotonic() > deadline:
+        sys.exit("the webhook receiver does not answer after 120 s: see .airflow/webhook.log")
+    time.sleep(1)
+endef
+export UP_WEBHOOK_WAIT
+
 
 up: $(STAMP)
 	@mkdir -p $(UP_HOME)
@@ -161,14 +187,31 @@ up: $(STAMP)
 	  echo "== airflow standalone on $(UP_AIRFLOW_URL) (.airflow/standalone.log)"; \
 	  $(UP_ENV) setsid airflow standalone > $(UP_HOME)/standalone.log 2>&1 < /dev/null & echo $$! > $(UP_HOME)/airflow.pid; \
 	fi
+	@test -s $(UP_HOME)/webhook.secret || (umask 077; $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32))" \
+	  > $(UP_HOME)/webhook.secret)
+	@test -s $(UP_HOME)/mlflow-webhooks.key || (umask 077; $(BIN)/python -c \
+	  "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())" > $(UP_HOME)/mlflow-webhooks.key)
 	@if kill -0 "$$(cat $(UP_HOME)/mlflow.pid 2>/dev/null)" 2>/dev/null; then echo "the MLflow UI is already up"; else \
 	  echo "== mlflow ui on $(UP_MLFLOW_URL) (.airflow/mlflow.log)"; \
-	  TRAFFICLIP_MAKE_UP=$(CURDIR) MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid mlflow ui \
-	    --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+	  TRAFFICLIP_MAKE_UP=$(CURDIR) MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https \
+	    MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY="$$(cat $(UP_HOME)/mlflow-webhooks.key)" \
+	    setsid mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
 	    > $(UP_HOME)/mlflow.log 2>&1 < /dev/null & echo $$! > $(UP_HOME)/mlflow.pid; \
 	fi
 	@echo "== waiting for both to answer"
 	@UP_HOME=$(UP_HOME) UP_AIRFLOW_URL=$(UP_AIRFLOW_URL) UP_MLFLOW_URL=$(UP_MLFLOW_URL) $(BIN)/python -c "$$UP_WAIT"
+	@if kill -0 "$$(cat $(UP_HOME)/webhook.pid 2>/dev/null)" 2>/dev/null; then echo "the webhook receiver is already up"; else \
+	  echo "== trafficlip webhook-receiver on $(UP_WEBHOOK_URL) (.airflow/webhook.log)"; \
+	  TRAFFICLIP_MAKE_UP=$(CURDIR) TRAFFICLIP_WEBHOOK_SECRET_FILE=$(UP_HOME)/webhook.secret \
+	    TRAFFICLIP_AIRFLOW_URL=$(UP_AIRFLOW_URL) TRAFFICLIP_AIRFLOW_PASSWORD_FILE=$(UP_HOME)/simple_auth_manager_passwords.json.generated \
+	    MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns.db setsid trafficlip webhook-receiver --port $(WEBHOOK_PORT) \
+	    > $(UP_HOME)/webhook.log 2>&1 < /dev/null & echo $$! > $(UP_HOME)/webhook.pid; \
+	fi
+	@UP_HOME=$(UP_HOME) UP_WEBHOOK_URL=$(UP_WEBHOOK_URL) $(BIN)/python -c "$$UP_WEBHOOK_WAIT"
+	@TRAFFICLIP_WEBHOOK_SECRET_FILE=$(UP_HOME)/webhook.secret MLFLOW_TRACKING_URI=$(UP_MLFLOW_URL) \
+	  trafficlip register-webhook --url $(UP_WEBHOOK_URL)/mlflow-webhook --test > $(UP_HOME)/webhook-register.log 2>&1 \
+	  || { cat $(UP_HOME)/webhook-register.log; exit 1; }
+	@echo "MLflow alias moves -> $(UP_WEBHOOK_URL)/mlflow-webhook -> Airflow asset trafficlip-champion (.airflow/webhook.log)"
 
 down:
 	@$(BIN)/python -m tasks.orchestration.stop $(UP_HOME) $(CURDIR)

@@ -6,6 +6,7 @@ loads only what it runs.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -115,6 +116,32 @@ def cmd_models(args) -> int:
 def cmd_sync_aliases(args) -> int:
     from tasks.mlops import registry
     _print_json(registry.sync_aliases(_params(args)))
+    return 0
+
+
+def cmd_webhook_receiver(args) -> int:
+    from tasks.mlops import webhooks
+    from tasks.orchestration.workspace import CHAMPION_ASSET
+    if args.max_age <= 0 or args.retry <= 0:
+        raise UserError("--max-age and --retry: expected seconds > 0")
+    params = _params(args)
+    if not params["mlflow"]["enabled"]:
+        raise UserError("mlflow.enabled is false: there is no registry to follow")
+    user = os.environ.get(webhooks.AIRFLOW_USER_ENV) or "admin"
+    airflow = webhooks.Airflow(args.airflow_url or os.environ.get(webhooks.AIRFLOW_URL_ENV)
+                               or webhooks.DEFAULT_AIRFLOW_URL, user, webhooks.airflow_password(user))
+    receiver = webhooks.Receiver(registered_model=params["mlflow"]["registered_model"],
+                                 secret=webhooks.secret_from_env(webhooks.SECRET_ENV, "the webhook secret",
+                                                                 webhooks.MIN_SECRET),
+                                 airflow=airflow, asset=CHAMPION_ASSET, max_age=args.max_age)
+    webhooks.serve(receiver, args.host, args.port, retry_seconds=args.retry)
+    return 0
+
+
+def cmd_register_webhook(args) -> int:
+    from tasks.mlops import webhooks
+    secret = webhooks.secret_from_env(webhooks.SECRET_ENV, "the webhook secret", webhooks.MIN_SECRET)
+    _print_json(webhooks.register(args.url, secret, args.name, args.test))
     return 0
 
 

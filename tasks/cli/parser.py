@@ -102,7 +102,7 @@ def _pipeline_steps(sub) -> None:
 
 
 def _registry(sub) -> None:
-    """The MLflow model registry: register, promote, roll back, list."""
+    """The MLflow model registry: register, promote, roll back, list, follow moves by hand."""
     p = with_params(sub.add_parser("register", help="register the trained model in MLflow (once per training run)"))
     p.add_argument("--train-summary", default=paths.TRAIN_SUMMARY)
     p.add_argument("--metrics", default=paths.METRICS)
@@ -125,6 +125,27 @@ def _registry(sub) -> None:
     p = with_params(sub.add_parser("sync-aliases", help="record @champion/@challenger moves made outside "
                                                         "trafficlip (MLflow UI or API); report conflicts"))
     p.set_defaults(func=commands.cmd_sync_aliases)
+
+    p = with_params(sub.add_parser("webhook-receiver", help="receive MLflow's signed alias webhooks: record a move "
+                                                            "by hand, announce a new champion to Airflow (asset "
+                                                            "trafficlip-champion)"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--airflow-url", help="Airflow's API server (default: TRAFFICLIP_AIRFLOW_URL or "
+                                         "http://127.0.0.1:8080); user TRAFFICLIP_AIRFLOW_USERNAME (admin), password "
+                                         "TRAFFICLIP_AIRFLOW_PASSWORD or TRAFFICLIP_AIRFLOW_PASSWORD_FILE")
+    p.add_argument("--max-age", type=float, default=300.0, metavar="SECONDS",
+                   help="refuse a delivery whose timestamp is further than this from now (default 300)")
+    p.add_argument("--retry", type=float, default=60.0, metavar="SECONDS",
+                   help="how often to retry an announcement Airflow did not take (default 60)")
+    p.set_defaults(func=commands.cmd_webhook_receiver)
+
+    p = sub.add_parser("register-webhook", help="create or update the MLflow webhook that sends alias moves to "
+                                                "the receiver (secret: TRAFFICLIP_WEBHOOK_SECRET[_FILE])")
+    p.add_argument("--url", required=True, help="where the receiver listens, e.g. http://127.0.0.1:8765/mlflow-webhook")
+    p.add_argument("--name", default="trafficlip-registry-aliases", help="the webhook's name in MLflow")
+    p.add_argument("--test", action="store_true", help="then have MLflow send a signed test delivery to the receiver")
+    p.set_defaults(func=commands.cmd_register_webhook)
 
 
 def _using_a_model(sub) -> None:
