@@ -11,6 +11,8 @@ does not grow with the images' size or number. ``enforce`` applies ``data.on_err
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -81,7 +83,7 @@ def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None =
             decoded: set[str] = set()
             items = parsed.records
             unique = list(dict.fromkeys(record.image_path for record in items))   # first-seen order
-            outcomes = decoder.map((root / path for path in unique), image_size)
+            outcomes = decoder.map((os.path.join(root, path) for path in unique), image_size)
             for record in (progress(items, len(items), f"decode {split}") if progress else items):
                 path = record.image_path
                 if path in bad_images:
@@ -148,12 +150,13 @@ def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejec
     for error in errors:
         rejected.append({"split": "test", "kind": "query", **error.as_dict()})
     result.queries = queries
-    files = sorted(p for p in image_dir.iterdir() if p.is_file()) if image_dir.is_dir() else []
+    folder = labels.Folder(image_dir, root)
+    files = folder.files()
     if not image_dir.is_dir():
         rejected.append({"split": "test", "kind": "image", "file": str(image_dir), "line": None,
                          "field": "image", "reason": "test image folder not found", "expected": "test/test_images/"})
     # which files are decoded is known before decoding any: the rest are refused by name or place
-    refused = {path: _refusal(path, root) for path in files}
+    refused = {path: _refusal(path, folder) for path in files}
     outcomes: Iterator[Decoded] = decoder.map((p for p in files if refused[p] is None), image_size)
     quarantined = 0
     for path in (progress(files, len(files), "decode test") if progress else files):
@@ -171,13 +174,13 @@ def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejec
     return result, summary
 
 
-def _refusal(path: Path, root: Path) -> dict | None:
+def _refusal(path: Path, folder: labels.Folder) -> dict | None:
     """Why a test image file is not decoded at all (its name or where it links to), or None."""
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return InputError(path, "not an image file name", field="image",
                           expected="one of " + " ".join(IMAGE_EXTENSIONS)).as_dict()
-    if labels.outside_root(path, root):
-        return InputError(path, f"a link to {path.resolve()}, outside the dataset root {root}", field="image",
+    if folder.outside(path.name):
+        return InputError(path, f"a link to {path.resolve()}, outside the dataset root {folder.root}", field="image",
                           expected="image files inside the dataset root").as_dict()
     return None
 

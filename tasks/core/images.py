@@ -47,6 +47,7 @@ SHARD_NAME = "images-{:05d}.safetensors"
 TENSOR = "images"               # the one tensor of a shard
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on a header
 _COPY_BLOCK = 1 << 22           # bytes moved at once when a last, short shard's rows move up
+_REUSED_ROWS_PER_READ = 64      # reused rows read from a previous cache at once (9.6 MB at 224 px)
 
 
 def to_model_input(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -319,9 +320,16 @@ class ShardWriter:
         return cache is first_cache and row == first + len(self._refs)
 
     def _write_refs(self) -> None:
+        """Write the pending reused rows (consecutive rows of one cache: ``_continues_refs``), read a block
+        of them at a time."""
         refs, self._refs = self._refs, []
-        for cache, row in refs:
-            self._append(cache[[row]][0].numpy())
+        if not refs:
+            return
+        cache, first = refs[0]
+        for start in range(0, len(refs), _REUSED_ROWS_PER_READ):
+            rows = range(first + start, first + min(len(refs), start + _REUSED_ROWS_PER_READ))
+            for array in cache[list(rows)].numpy():
+                self._append(array)
 
     def _link_refs(self) -> None:
         """The pending rows are a whole shard of their cache: that file, hard-linked (copied where links

@@ -36,7 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from tasks.core import labels, log, models
-from tasks.core.atomic import atomic_dir, atomic_path, remove_stale_temporaries, write_json
+from tasks.core.atomic import (
+    StreamedList,
+    atomic_dir,
+    atomic_path,
+    remove_stale_temporaries,
+    write_json,
+    write_json_streamed,
+)
 from tasks.core.dataset import SplitScan, enforce, scan
 from tasks.core.decode import fingerprint, resolve_workers
 from tasks.core.errors import UserError
@@ -53,35 +60,6 @@ def _record_entry(record) -> dict:
     if record.bits is not None:
         entry["bits"] = list(record.bits)
     return entry
-
-
-class _Streamed(list):
-    """A list that the JSON encoder walks without it ever being built: ``make()`` yields its items.
-    With ``indent``, json encodes in Python (tasks/core/atomic.py ``write_json``'s format), which only
-    needs a list's truth value and iteration; so a manifest of any length is written item by item."""
-
-    def __init__(self, make, count: int):
-        super().__init__()
-        self._make, self._count = make, count
-
-    def __iter__(self):
-        return iter(self._make())
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __bool__(self) -> bool:
-        return self._count > 0
-
-
-def _write_json_streamed(target: Path, obj) -> None:
-    """Byte-for-byte ``write_json(target, obj)`` (atomically, the same indent and escaping), but the
-    text is written as it is encoded, never held whole."""
-    encoder = json.JSONEncoder(indent=2, ensure_ascii=False)
-    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        for chunk in encoder.iterencode(obj):
-            handle.write(chunk)
-        handle.write("\n")
 
 
 def _labelled_manifest(split: str, result: SplitScan, image_size: int) -> dict:
@@ -103,15 +81,15 @@ def _labelled_manifest(split: str, result: SplitScan, image_size: int) -> dict:
     def pairs():
         for record in result.records:
             yield {"text": record.text, "image": index_of[record.image_path], "line": record.line}
-    return {"split": split, "image_size": image_size, "images": _Streamed(images, len(result.image_paths)),
-            "pairs": _Streamed(pairs, len(result.records))}
+    return {"split": split, "image_size": image_size, "images": StreamedList(images, len(result.image_paths)),
+            "pairs": StreamedList(pairs, len(result.records))}
 
 
 def _test_manifest(result: SplitScan, image_size: int) -> dict:
     def images():
         for p, (w, h) in zip(result.image_paths, result.image_sizes):
             yield {"image": Path(p).name, "path": p, "width": w, "height": h}
-    return {"split": "test", "image_size": image_size, "images": _Streamed(images, len(result.image_paths)),
+    return {"split": "test", "image_size": image_size, "images": StreamedList(images, len(result.image_paths)),
             "queries": [{"text": q.text, "line": q.line, "category": q.category} for q in result.queries]}
 
 
@@ -221,7 +199,7 @@ def run(params: dict, data: str | Path, out: str | Path) -> dict:
             write_sources(staged[split], split_scan, decoder)
             manifest = (_test_manifest(split_scan, image_size) if split == "test"
                         else _labelled_manifest(split, split_scan, image_size))
-            _write_json_streamed(staged[split] / MANIFEST, manifest)
+            write_json_streamed(staged[split] / MANIFEST, manifest)
     write_json(out / VOCABULARY, result.vocabulary.as_dict())
     counts = {split: {k: v for k, v in s.items() if k in ("lines", "kept", "quarantined", "images", "queries")}
               for split, s in result.report["splits"].items()}

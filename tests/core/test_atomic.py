@@ -99,3 +99,31 @@ def test_outputs_get_the_permissions_of_a_plain_open(tmp_path):
         os.umask(mask)
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+
+
+def test_write_json_streamed_writes_what_write_json_writes(tmp_path):
+    """The manifests are written by write_json_streamed (json's indented encoder is pure Python, a third
+    of an incremental prepare, and holds every token); its bytes are write_json's for any JSON value,
+    escapes and nesting included, lists and generated lists alike."""
+    import random
+
+    from tasks.core.atomic import StreamedList, write_json, write_json_streamed
+
+    rng = random.Random(0)
+    leaves = ["a", 'q"\\\n\t\u2028é', "", None, True, False, 0, -7, 10 ** 20, 1.5, 1e-7, [], {}]
+
+    def value(depth=0):
+        if depth > 3 or rng.random() < 0.4:
+            return rng.choice(leaves)
+        if rng.random() < 0.5:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {f"k{i}é": value(depth + 1) for i in range(rng.randint(0, 3))}
+
+    for case in range(500):
+        items = [value() for _ in range(rng.randint(0, 4))]
+        plain = {"split": "train", "images": items, "other": value()}
+        write_json(tmp_path / "plain.json", plain)
+        write_json_streamed(tmp_path / "streamed.json", {**plain, "images": StreamedList(lambda: iter(items), len(items))})
+        assert (tmp_path / "streamed.json").read_bytes() == (tmp_path / "plain.json").read_bytes(), case
+        write_json_streamed(tmp_path / "listed.json", plain)
+        assert (tmp_path / "listed.json").read_bytes() == (tmp_path / "plain.json").read_bytes(), case

@@ -76,8 +76,15 @@ def test_with_known_digests_a_file_is_hashed_and_decoded_from_the_same_bytes(tin
         if plain.error is None:
             assert hashed.digest == hashlib.sha256(path.read_bytes()).digest()
     known = frozenset({hashlib.sha256(files[0].read_bytes()).digest()})
-    with decode.Decoder(2, known) as pool:
-        outcomes = list(pool.map(files, 16))
+    missing = tmp_path / "missing.jpg"
+    with decode.Decoder(2, known) as pool:     # hashed in this process, the unknown ones decoded by workers
+        outcomes = list(pool.map([*files, missing, files[0]], 16))
     assert outcomes[0].reused and outcomes[0].array is None and outcomes[0].size is None
-    assert not any(o.reused for o in outcomes[1:])
+    assert outcomes[-1].reused and outcomes[-1].digest == outcomes[0].digest
+    assert not any(o.reused for o in outcomes[1:-1])
+    for path, outcome in zip([*files[1:], missing], outcomes[1:-1]):   # in order, as one process gives them
+        alone = decode.decode_file(path, 16, frozenset())
+        assert outcome.error == alone.error and outcome.size == alone.size and outcome.digest == alone.digest
+        assert (alone.array is None and outcome.array is None) or np.array_equal(alone.array, outcome.array)
+    assert outcomes[-2].error["reason"] == "image file not found"
     assert decode.fingerprint(16) != decode.fingerprint(24)

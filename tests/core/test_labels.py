@@ -125,3 +125,40 @@ def test_vocabulary_from_training_labels(tiny_raw):
 def test_query_category(text, category):
     vocabulary = labels.Vocabulary([], [], ["Kia"], {})
     assert labels.query_category(text, vocabulary) == category
+
+
+def test_links_are_judged_by_where_they_lead_with_the_folder_listed_once(tmp_path):
+    """read_split lists each image folder once and resolves only links (tasks/core/labels.py Folder):
+    the answers are outside_root's, file by file, for plain files, links inside the root, links into a
+    DVC cache, links out, and an image folder that is itself a link out of the root."""
+    import os
+
+    outside, cache = tmp_path / "elsewhere", tmp_path / "repo" / ".dvc" / "cache" / "files" / "md5"
+    for folder in (outside, cache):
+        folder.mkdir(parents=True)
+        Image.new("RGB", (20, 10)).save(folder / "x.jpg")
+    root = _dataset(tmp_path / "data", [f"{n}$A white Audi.$This is a white Audi." for n in
+                                        ("plain.jpg", "inside", "cached.jpg", "out.jpg", "broken.jpg")],
+                    ["plain.jpg"])
+    images = root / "train" / "train_images"
+    os.symlink(images / "plain.jpg", images / "inside.jpg")
+    os.symlink(cache / "x.jpg", images / "cached.jpg")
+    os.symlink(outside / "x.jpg", images / "out.jpg")
+    os.symlink(tmp_path / "missing.jpg", images / "broken.jpg")
+    parsed = labels.read_split(root, "train")
+    assert [r.image_path for r in parsed.records] == [
+        "train/train_images/plain.jpg", "train/train_images/inside.jpg", "train/train_images/cached.jpg"]
+    assert [(e.line, e.field) for e in parsed.errors] == [(4, "image"), (5, "image")]
+    assert f"a link to {outside / 'x.jpg'}, outside the dataset root" in str(parsed.errors[0])
+    assert "not found" in str(parsed.errors[1])
+    for name in ("plain.jpg", "inside.jpg", "cached.jpg", "out.jpg"):
+        assert labels.Folder(images, root).outside(name) == labels.outside_root(images / name, root)
+
+    # the whole image folder a link out of the root: every image in it leads outside, but for the one
+    # whose link goes on into the DVC cache
+    moved = tmp_path / "moved"
+    images.rename(moved)
+    os.symlink(moved, images)
+    parsed = labels.read_split(root, "train")
+    assert [r.image for r in parsed.records] == ["cached.jpg"]
+    assert [e.line for e in parsed.errors if "outside the dataset root" in str(e)] == [1, 2, 4]

@@ -228,3 +228,4 @@ def test_another_decoder_or_a_damaged_sources_file_means_decoding_everything(raw
     assert "not reusing" in caplog.text and "sources.safetensors" in caplog.text
     prepare.run(_params(7, 2), raw_copy, tmp_path / "full")
     assert _files(out) == _files(tmp_path / "full")
+
