@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -193,8 +195,11 @@ def store_entry(path: Path, entry: dict, info: dict, logger=None) -> bool:
         return False
 
 
-def decode_gallery(gallery: Path, files: list[Path], image_size: int) -> tuple[list, list, list, list]:
-    """Decoded images (uint8 arrays), original sizes, names, and the unreadable files with their errors."""
+def decode_gallery(gallery: Path, files: list[Path], image_size: int,
+                   batch_size: int) -> Iterator[tuple[torch.Tensor, list, list, list]]:
+    """The readable images in batches of ``batch_size`` (uint8 [n, S, S, 3]), each with its images'
+    original sizes and names and the unreadable files met since the previous batch (with their
+    errors): one batch of pixels in memory at a time, whatever the gallery's size."""
     arrays, sizes, names, unreadable = [], [], [], []
     for path in files:
         try:
@@ -205,7 +210,13 @@ def decode_gallery(gallery: Path, files: list[Path], image_size: int) -> tuple[l
         sizes.append(image.size)
         arrays.append(prepare_image(image, image_size))
         names.append(path.name)
-    return arrays, sizes, names, unreadable
+        if len(arrays) == batch_size:
+            yield torch.from_numpy(np.stack(arrays)), sizes, names, unreadable
+            arrays, sizes, names, unreadable = [], [], [], []
+    if arrays or unreadable:
+        images = (torch.from_numpy(np.stack(arrays)) if arrays
+                  else torch.empty((0, image_size, image_size, 3), dtype=torch.uint8))
+        yield images, sizes, names, unreadable
 
 
 def _portable(unreadable: list[dict], gallery: Path) -> list[dict]:
@@ -218,30 +229,38 @@ def _localised(unreadable: list[dict], gallery: Path) -> list[dict]:
 
 
 def embed_gallery(clip: models.ClipModel, gallery: Path, files: list[Path], entry_path: Path | None, flipped: bool,
-                  batch_size: int, info: dict, logger=None) -> tuple[dict, dict, torch.Tensor | None]:
-    """The gallery's embeddings from the cache entry at ``entry_path``, or decoded and embedded now (and
-    stored there); ``entry_path`` None: no cache.
+                  batch_size: int, info: dict, logger=None) -> tuple[dict, dict]:
+    """The gallery's embeddings from the cache entry at ``entry_path``, or decoded and embedded now, a
+    batch at a time (and stored there); ``entry_path`` None: no cache.
 
     Returns the entry (gallery, gallery_flipped, sizes, names, unreadable, with this gallery's paths
-    in the errors), the cache status for the report, and the decoded images when they were decoded
-    (a miss), else None.
+    in the errors) and the cache status for the report.
     """
     entry = load_entry(entry_path, flipped, logger) if entry_path is not None else None
     if entry is not None:
-        return {**entry, "unreadable": _localised(entry["unreadable"], gallery)}, \
-            {"hit": True, "file": str(entry_path)}, None
-    arrays, sizes, names, unreadable = decode_gallery(gallery, files, clip.image_size)
-    images = (torch.from_numpy(np.stack(arrays)) if arrays
-              else torch.empty((0, clip.image_size, clip.image_size, 3), dtype=torch.uint8))
-    del arrays
-    entry = {"gallery": models.encode_images(clip, images, batch_size),
-             "gallery_flipped": models.encode_images(clip, images, batch_size, flip=True) if flipped else None,
+        return {**entry, "unreadable": _localised(entry["unreadable"], gallery)}, {"hit": True, "file": str(entry_path)}
+    embedded, mirrored, sizes, names, unreadable = [], [], [], [], []
+    batches = decode_gallery(gallery, files, clip.image_size, batch_size)
+    if len(files) >= models.PROGRESS_MIN_BATCHES * batch_size:      # a long pass: its progress in the log
+        batches = log.progress(batches, -(-len(files) // batch_size), "decode and embed the gallery",
+                               logger or logging.getLogger("trafficlip.retrieve"))
+    for images, batch_sizes, batch_names, batch_unreadable in batches:
+        # the batches encode_images would make of the whole gallery: the same embeddings, bit for bit
+        embedded.append(models.encode_images(clip, images, batch_size))
+        if flipped:
+            mirrored.append(models.encode_images(clip, images, batch_size, flip=True))
+        sizes += batch_sizes
+        names += batch_names
+        unreadable += batch_unreadable
+    dim = clip.model_cfg.get("embed_dim", 0)
+    entry = {"gallery": torch.cat(embedded) if embedded else torch.empty((0, dim)),
+             "gallery_flipped": (torch.cat(mirrored) if mirrored else torch.empty((0, dim))) if flipped else None,
              "sizes": [tuple(size) for size in sizes], "names": names, "unreadable": _portable(unreadable, gallery)}
     if entry_path is None:
         cache = {"hit": False, "off": True}
     else:
         cache = {"hit": False, "stored": store_entry(entry_path, entry, info, logger), "file": str(entry_path)}
-    return {**entry, "unreadable": unreadable}, cache, images
+    return {**entry, "unreadable": unreadable}, cache
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -268,7 +287,7 @@ def run(params: dict, gallery: str | Path, queries_path: str | Path, out: str | 
         key = gallery_key(checkpoint, files, clip.image_size, flipped) if folder is not None else None
     clip.model.to(models.device())
     entry_path = folder / f"{key}.safetensors" if folder is not None else None
-    entry, cache, images = embed_gallery(clip, gallery, files, entry_path, flipped, batch_size, info, logger)
+    entry, cache = embed_gallery(clip, gallery, files, entry_path, flipped, batch_size, info, logger)
     names, sizes, unreadable = entry["names"], entry["sizes"], entry["unreadable"]
     if len(names) < k:
         raise InputError(gallery, f"{len(names)} readable image(s), fewer than predict.top_k = {k}")
@@ -289,7 +308,7 @@ def run(params: dict, gallery: str | Path, queries_path: str | Path, out: str | 
     results = [(text, [names[i] for i in row]) for text, row in zip(texts, indices.tolist())]
     out.mkdir(parents=True, exist_ok=True)
     write_submission(out / "submission.json", results, k=k)
-    picture = _picture(texts, indices, _picture_images(images, gallery, names, indices, clip.image_size))
+    picture = _picture(texts, indices, _picture_images(gallery, names, indices, clip.image_size))
     with atomic_path(out / "gallery.png") as tmp:
         picture.save(tmp, format="PNG")
     described = retrieval.describe(enc, cfg, [{"text": q.text, "category": q.category, "line": q.line}
@@ -305,12 +324,10 @@ def run(params: dict, gallery: str | Path, queries_path: str | Path, out: str | 
                                                                        ("off" if cache.get("off") else "miss")}
 
 
-def _picture_images(images: torch.Tensor | None, gallery: Path, names: list[str], indices: torch.Tensor,
-                    size: int) -> dict[int, np.ndarray]:
-    """The images the picture shows, by gallery index: from memory, or decoded now on a cache hit."""
+def _picture_images(gallery: Path, names: list[str], indices: torch.Tensor, size: int) -> dict[int, np.ndarray]:
+    """The images the picture shows, by gallery index, decoded again (a few dozen: the gallery's pixels
+    are never all in memory)."""
     shown = sorted(set(indices[:PICTURE_QUERIES].flatten().tolist()))
-    if images is not None:
-        return {i: images[i].numpy() for i in shown}
     return {i: prepare_image(load_image(gallery / names[i]), size) for i in shown}
 
 

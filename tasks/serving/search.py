@@ -57,7 +57,7 @@ class Searcher:
             key = retrieve.gallery_key(checkpoint, files, self.clip.image_size, flipped) if folder is not None else None
         self.clip.model.to(models.device())
         entry_path = folder / f"{key}.safetensors" if folder is not None else None
-        entry, cache, _ = retrieve.embed_gallery(self.clip, self.gallery, files, entry_path, flipped, self.batch_size,
+        entry, cache = retrieve.embed_gallery(self.clip, self.gallery, files, entry_path, flipped, self.batch_size,
                                               self.model_info, self.logger)
         self.cached = cache["hit"]
         if not entry["names"]:

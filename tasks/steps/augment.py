@@ -21,7 +21,6 @@ Output:
 
 from __future__ import annotations
 
-import copy
 import itertools
 import re
 import time
@@ -32,7 +31,7 @@ from typing import Sequence
 import torch
 
 from tasks.core import log, models
-from tasks.core.atomic import read_json, write_json
+from tasks.core.atomic import read_json, write_json, write_json_streamed
 from tasks.core.errors import UserError
 from tasks.core.images import CacheSelection, ImageCache
 from tasks.core.labels import VEHICLE, VehicleAttributes, Vocabulary
@@ -207,20 +206,22 @@ def augment_manifest(manifest: dict, vocabulary: Vocabulary, images, clip: model
             confidence_of[index] = {n: round(choice.confidence[n], 4) for n in missing
                                     if value(new, n) is not None}
 
-    out = copy.deepcopy(manifest)
-    changes, unrewritable = [], []
-    for pair in out["pairs"]:
+    # the output shares every unchanged entry with the input (which stays as it was): a copy of the
+    # manifest would double the step's memory for the training split's metadata
+    changes, unrewritable, pairs = [], [], []
+    for pair in manifest["pairs"]:
         index = pair["image"]
-        if index not in written:
-            continue
-        text = rewrite_caption(pair["text"], _attributes(entries[index]), written[index])
-        if text is None:
-            unrewritable.append({"image": entries[index]["path"], "line": pair.get("line"), "text": pair["text"]})
-            continue
-        changes.append({"image": entries[index]["path"], "line": pair.get("line"), "before": pair["text"],
-                        "after": text, "confidence": confidence_of[index]})
-        pair["original_text"], pair["text"] = pair["text"], text
-        pair["augmented"] = {n: value(written[index], n) for n in confidence_of[index]}
+        if index in written:
+            text = rewrite_caption(pair["text"], _attributes(entries[index]), written[index])
+            if text is None:
+                unrewritable.append({"image": entries[index]["path"], "line": pair.get("line"), "text": pair["text"]})
+            else:
+                changes.append({"image": entries[index]["path"], "line": pair.get("line"), "before": pair["text"],
+                                "after": text, "confidence": confidence_of[index]})
+                pair = {**pair, "original_text": pair["text"], "text": text,
+                        "augmented": {n: value(written[index], n) for n in confidence_of[index]}}
+        pairs.append(pair)
+    out = {**manifest, "pairs": pairs}
 
     attributes_report = {}
     for name, stats in per_attribute.items():
@@ -252,7 +253,7 @@ def run(params: dict, data: str | Path, out: str | Path, report_path: str | Path
     if truth_path and Path(truth_path).is_file():
         truth = read_json(truth_path)["images"]
     if not cfg["enabled"]:
-        write_json(out / MANIFEST_NAME, manifest)
+        write_json_streamed(out / MANIFEST_NAME, manifest)
         report = {"enabled": False, "captions_changed": 0, "note": "augment.enabled is false: manifest copied"}
         write_json(report_path, report)
         logger.info("augmentation disabled: %s copied unchanged", data / "train" / MANIFEST)
@@ -262,7 +263,7 @@ def run(params: dict, data: str | Path, out: str | Path, report_path: str | Path
     clip.model.to(models.device())
     augmented, report = augment_manifest(manifest, vocabulary, ImageCache(data / "train"), clip, cfg, truth)
     report = {"model": description, "truth": str(truth_path) if truth is not None else None, **report}
-    write_json(out / MANIFEST_NAME, augmented)
+    write_json_streamed(out / MANIFEST_NAME, augmented)
     write_json(report_path, report)
     summary = {name: {k: v for k, v in stats.items() if k in ("to_complete", "completed", "not_confident",
                                                               "mean_confidence", "truth")}

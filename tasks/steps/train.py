@@ -118,6 +118,10 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
     run_fingerprint = fingerprint(params, data, manifest)
     if dist.world > 1:
         run_fingerprint += f"-x{dist.world}"
+    # the loop needs image_index, tokens and groups only: the manifest's dicts (a few hundred bytes per
+    # pair and image) are not kept through training, so the step's peak does not add them to the model's
+    pair_count = len(pairs)
+    del manifest, pairs, images_meta
     step, rows = _resume(checkpoints, run_fingerprint, total_steps, clip, optimizer, out, dist, logger)
     dist.barrier()
     net = distributed_model(clip.model, dist, dev)
@@ -125,7 +129,7 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
     # the loop: one optimizer step per global batch, a checkpoint at every epoch end (and every
     # checkpoint_every_steps), validation at every epoch end
     logger.info("training %s on %d pairs: %d epochs x %d steps, batch %d%s, lr %g, %s on %s",
-                clip.name, len(pairs), cfg["epochs"], steps_per_epoch, batch_size,
+                clip.name, pair_count, cfg["epochs"], steps_per_epoch, batch_size,
                 f" x {dist.world} processes" if dist.world > 1 else "", cfg["lr"], "bf16" if use_bf16 else "fp32", dev)
     clip.model.train()
     started, trained_samples, checkpoint_seconds = time.monotonic(), 0, 0.0
@@ -183,7 +187,7 @@ def _train(params: dict, data: Path, out: Path, reports: Path, stop_after_steps:
     write_text(reports / "train_steps.csv", _steps_csv(rows))
     models.save_checkpoint(clip, out / "model", extra={"role": "trained", "fingerprint": run_fingerprint,
                                                        "steps": total_steps, "epochs": cfg["epochs"]})
-    summary = {"steps": total_steps, "epochs": cfg["epochs"], "pairs": len(pairs), "batch_size": batch_size,
+    summary = {"steps": total_steps, "epochs": cfg["epochs"], "pairs": pair_count, "batch_size": batch_size,
                "processes": dist.world, "global_batch_size": global_batch,
                "final_loss": float(rows[-1]["loss"]) if rows else None,
                "samples_per_second": round(trained_samples / elapsed, 2) if trained_samples else None,
