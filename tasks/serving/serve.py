@@ -106,15 +106,20 @@ class Following:
     ``current`` is read once per request, so a swap never mixes two models within one answer."""
 
     def __init__(self, params: dict, gallery: str | Path, model: str | None, every: float = 30.0,
-                 searcher: Searcher | None = None):
+                 searcher: Searcher | None = None, follow: bool = True):
         self.params, self.gallery, self.model, self.every = params, gallery, model, every
-        self.alias = retrieve.followed_alias(params, model)
+        self.alias = retrieve.followed_alias(params, model) if follow else None
         self.current = searcher or Searcher(params, gallery, model)
         self.changes = 0
         self.last_error: str | None = None
         self.logger = logging.getLogger("trafficlip.serve")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def fixed(cls, searcher: Searcher) -> Following:
+        """One searcher that follows no alias: what ``create_app`` serves when handed a Searcher."""
+        return cls(searcher.params, searcher.gallery, None, every=0, searcher=searcher, follow=False)
 
     def check(self) -> bool:
         """One look at the alias; load and swap in the version it points to when that moved. True if swapped."""
@@ -216,9 +221,7 @@ def create_app(searcher: Searcher | Following, digest: bytes | None = None):
 
     app = FastAPI(title="trafficlip search", version="1",
                   description="Text-to-image search over a gallery of traffic images with the champion CLIP model.")
-    following = searcher if isinstance(searcher, Following) else Following.__new__(Following)
-    if not isinstance(searcher, Following):
-        following.current, following.alias, following.changes, following.last_error = searcher, None, 0, None
+    following = searcher if isinstance(searcher, Following) else Following.fixed(searcher)
 
     @app.middleware("http")
     async def require_token(request: Request, call_next):
