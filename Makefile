@@ -235,8 +235,10 @@ bench-scale: $(STAMP)
 # `make test-containers`: the images and the pipeline in containers, for real (tests/containers, marker containers).
 # docker/engine.sh installs a container engine from Debian's packages (docker.io; podman serving the Docker API
 # where docker.io's daemon cannot start), starts it on its own socket, makes the local Debian base image and builds
-# the three images on it; pytest runs against it; the engine is stopped after (images kept: a second run reuses
-# the build cache). As root (it installs packages and starts a daemon). `docker/engine.sh teardown` removes it all.
+# on it the three images and the compose stack test's stand-ins for the images that can only be pulled (PostgreSQL
+# 17, Redis 7, moto for MinIO: docker/stack-test/); pytest runs against it, the compose stack included
+# (tests/containers/test_stack.py); the engine is stopped after (images kept: a second run reuses the build cache).
+# As root (it installs packages and starts a daemon). `docker/engine.sh teardown` removes it all.
 ENGINE := docker/engine.sh
 test-containers: $(STAMP) compose-tool
 	$(ENGINE) install

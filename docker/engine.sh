@@ -9,10 +9,14 @@
 #   docker/engine.sh up         start the engine's API socket; prints the DOCKER_HOST line to export
 #   docker/engine.sh base       debootstrap Debian bookworm (python3, venv) into a folder and import it as the
 #                               local image trafficlip/base:bookworm, the BASE of the three Dockerfiles
-#   docker/engine.sh build [train|airflow|mlflow ...]
-#                               build the images (all three by default) with BASE set to the local base:
-#                               trafficlip-train:0.1.0, trafficlip-airflow:0.1.0, trafficlip-mlflow:3.17.2;
-#                               prints each image's build time and size (also in $TRAFFICLIP_ENGINE_HOME/build-report.txt)
+#   docker/engine.sh build [train|airflow|mlflow|postgres|redis|s3|stand-ins ...]
+#                               build the images (all by default) with BASE set to the local base: the product's
+#                               trafficlip-train:0.1.0, trafficlip-airflow:0.1.0, trafficlip-mlflow:3.17.2, and the
+#                               compose stack test's stand-ins (docker/stack-test/) for the images compose.yaml
+#                               pulls: trafficlip-test-postgres:17 (Debian trixie's PostgreSQL 17),
+#                               trafficlip-test-redis:7 (bookworm's Redis 7.0), trafficlip-test-s3:moto (moto's
+#                               S3 server for MinIO); `build stand-ins` builds those three only; prints each
+#                               image's build time and size (also in $TRAFFICLIP_ENGINE_HOME/build-report.txt)
 #   docker/engine.sh down       stop the engine (images, volumes and containers stay)
 #   docker/engine.sh status     what is installed, running and built
 #   docker/engine.sh env        the DOCKER_HOST line only (eval "$(docker/engine.sh env)")
@@ -57,8 +61,17 @@ VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/pyproject.toml" | head -n 1
 SERVE_PORT=${TRAFFICLIP_ENGINE_SERVE_PORT:-38765}
 MLFLOW_VERSION=3.17.2
 declare -A IMAGE=([train]="trafficlip-train:$VERSION" [airflow]="trafficlip-airflow:$VERSION"
-                  [mlflow]="trafficlip-mlflow:$MLFLOW_VERSION")
-declare -A CONTEXT=([train]="$ROOT" [airflow]="$ROOT" [mlflow]="$ROOT/docker")
+                  [mlflow]="trafficlip-mlflow:$MLFLOW_VERSION"
+                  [postgres]="trafficlip-test-postgres:17" [redis]="trafficlip-test-redis:7"
+                  [s3]="trafficlip-test-s3:moto")
+declare -A CONTEXT=([train]="$ROOT" [airflow]="$ROOT" [mlflow]="$ROOT/docker" [postgres]="$HERE/stack-test"
+                    [redis]="$HERE/stack-test" [s3]="$HERE/stack-test")
+declare -A DOCKERFILE=([train]="$HERE/train.Dockerfile" [airflow]="$HERE/airflow.Dockerfile"
+                       [mlflow]="$HERE/mlflow.Dockerfile" [postgres]="$HERE/stack-test/postgres.Dockerfile"
+                       [redis]="$HERE/stack-test/redis.Dockerfile" [s3]="$HERE/stack-test/s3.Dockerfile")
+# the product's images, and the compose stack test's stand-ins for the images that can only be pulled
+PRODUCT_IMAGES=(train airflow mlflow)
+STANDIN_IMAGES=(postgres redis s3)
 
 say() { printf '== %s\n' "$*"; }
 die() { printf 'engine.sh: %s\n' "$*" >&2; exit 1; }
@@ -311,9 +324,12 @@ cmd_build() {
   need_root build
   ensure_up
   image_exists "$BASE_IMAGE" || cmd_base
-  local names=("$@"); [[ ${#names[@]} -gt 0 ]] || names=(train airflow mlflow)
+  local names=("$@"); [[ ${#names[@]} -gt 0 ]] || names=("${PRODUCT_IMAGES[@]}" "${STANDIN_IMAGES[@]}")
+  [[ ${names[*]} == stand-ins ]] && names=("${STANDIN_IMAGES[@]}")
   local name
-  for name in "${names[@]}"; do [[ -n ${IMAGE[$name]:-} ]] || die "unknown image $name (train, airflow or mlflow)"; done
+  for name in "${names[@]}"; do
+    [[ -n ${IMAGE[$name]:-} ]] || die "unknown image $name (train, airflow, mlflow; stand-ins: postgres, redis, s3)"
+  done
   TORCH_VERSION=${TORCH_VERSION:-$(dist_version torch)}
   TORCHVISION_VERSION=${TORCHVISION_VERSION:-$(dist_version torchvision)}
   PIP=(python3 -m pip); [[ -n $(venv_python) ]] && PIP=("$(venv_python)" -m pip)
@@ -333,8 +349,8 @@ cmd_build() {
     if [[ $name == airflow && -f $STATE/serve/constraints.txt ]]; then
       args+=(--build-arg "AIRFLOW_CONSTRAINTS=$SERVE_URL/constraints.txt")
     fi
-    say "building ${IMAGE[$name]} (docker/$name.Dockerfile; log $STATE/build-$name.log)"
-    if ! "${BUILD[@]}" "${args[@]}" -f "$HERE/$name.Dockerfile" -t "${IMAGE[$name]}" "${CONTEXT[$name]}" \
+    say "building ${IMAGE[$name]} (${DOCKERFILE[$name]#"$ROOT"/}; log $STATE/build-$name.log)"
+    if ! "${BUILD[@]}" "${args[@]}" -f "${DOCKERFILE[$name]}" -t "${IMAGE[$name]}" "${CONTEXT[$name]}" \
         > "$STATE/build-$name.log" 2>&1; then
       tail -n 40 "$STATE/build-$name.log" >&2
       die "building ${IMAGE[$name]} failed (the whole log: $STATE/build-$name.log)"
@@ -343,6 +359,9 @@ cmd_build() {
     printf '%-28s built in %4d s, %6d MB\n' "${IMAGE[$name]}" $((SECONDS - started)) $((size / 1000000)) | tee -a "$report.new"
   done
   mv "$report.new" "$report"
+  # a rebuilt image leaves its previous build untagged: remove those (the build cache stays), or every
+  # change to tasks/ would keep another 7 GB image on the disk
+  docker_cli image prune --force > /dev/null || true
 }
 
 cmd_down() {
@@ -360,7 +379,8 @@ cmd_status() {
   echo "engine:   ${kind:-not installed} (state in $STATE)"
   if answering; then echo "running:  yes, export DOCKER_HOST=$DOCKER_HOST"; else echo "running:  no"; return 0; fi
   local image
-  for image in "$BASE_IMAGE" "${IMAGE[@]}"; do
+  local name
+  for image in "$BASE_IMAGE" $(for name in "${PRODUCT_IMAGES[@]}" "${STANDIN_IMAGES[@]}"; do echo "${IMAGE[$name]}"; done); do
     if image_exists "$image"; then
       echo "image:    $image $(( $(docker_cli image inspect -f '{{.Size}}' "$image") / 1000000 )) MB"
     else

@@ -12,7 +12,6 @@ does not grow with the images' size or number. ``enforce`` applies ``data.on_err
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping

@@ -30,7 +30,6 @@ Output (``data/prepared``, a DVC stage output):
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import numpy as np

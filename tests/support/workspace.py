@@ -41,9 +41,9 @@ def run(args: list[str], cwd: Path, env: dict | None = None, check: bool = True)
     return result
 
 
-def make_workspace(target: Path, raw: Path) -> Path:
-    """A workspace as a deployment has one: a git + DVC checkout of the project (its dvc.yaml,
-    params.yaml with tiny training values, tasks/) with ``raw`` tracked as data/raw, committed."""
+def copy_project(target: Path) -> Path:
+    """The project's files a workspace holds into ``target``: dvc.yaml, params.yaml with the tiny
+    training values, tasks/ and .dvc/ (no cache, no local config)."""
     target.mkdir(parents=True, exist_ok=True)
     for name in WORKSPACE_FILES:
         shutil.copy(ROOT / name, target / name)
@@ -54,6 +54,13 @@ def make_workspace(target: Path, raw: Path) -> Path:
     (target / "params.yaml").write_text(text)
     shutil.copytree(ROOT / "tasks", target / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / ".dvc", target / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
+    return target
+
+
+def make_workspace(target: Path, raw: Path) -> Path:
+    """A workspace as a deployment has one: a git + DVC checkout of the project (its dvc.yaml,
+    params.yaml with tiny training values, tasks/) with ``raw`` tracked as data/raw, committed."""
+    copy_project(target)
     shutil.copytree(raw, target / "data" / "raw")
     for cmd in (["git", "init", "-q"], ["dvc", "add", "-q", "data/raw"], ["git", "add", "-A"],
                 ["git", "commit", "-q", "-m", "workspace"]):
