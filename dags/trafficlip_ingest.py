@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk import DAG, Asset, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from tasks.orchestration import dag_defaults as shared
@@ -35,9 +35,10 @@ with DAG(
     tags=[shared.TAG, "data", "dvc"],
     default_args=shared.default_args(),
     params={
-        "source": Param("", type="string", minLength=1, maxLength=1000, title="Dataset folder",
-                        description="Absolute path, on the workers, of a dataset in the challenge's format.",
-                        section="Data"),
+        "source": shared.param("", type="string", minLength=1, maxLength=1000, title="Dataset folder",
+                               description="Absolute path, on the workers, of a dataset in the challenge's format "
+                                           "(train/, val/, test/ with their label files). Required.",
+                               section="Data"),
         "on_error": shared.form_field("data.on_error", "fail", title="On a bad line or image", section="Data",
                                       description="fail refuses the dataset; quarantine accepts it and the "
                                                   "report lists them."),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Asset, Param, Variable, task
+from airflow.sdk import DAG, Asset, Variable, task
 
 from tasks.core import paths
 from tasks.orchestration import dag_defaults as shared
@@ -27,11 +27,11 @@ from tasks.orchestration import workspace as orch
 CHAMPION = Asset(**orch.CHAMPION_ASSET)
 
 
-def _path_field(title: str, what: str, name: str, default: str, section: str) -> Param:
+def _path_field(title: str, what: str, name: str, default: str, section: str):
     """An optional path (null: an empty field; a Param whose type has no null is a required field)."""
-    return Param("", type=["null", "string"], maxLength=1000, title=title, section=section,
-                 description=f"Absolute path, on the workers, of {what}. Empty: the Airflow Variable "
-                             f"trafficlip_retrieval_{name}, else the workspace's {default}.")
+    return shared.param("", type=["null", "string"], maxLength=1000, title=title, section=section,
+                        description=f"Absolute path, on the workers, of {what}. Empty: the Airflow Variable "
+                                    f"trafficlip_retrieval_{name}, else the workspace's {default}.")
 
 
 def _field(params: dict, name: str, default: str) -> str:
@@ -57,9 +57,9 @@ with DAG(
                                "Input"),
         "output": _path_field("Output folder", "the folder for submission.json, gallery.png and "
                               "retrieval_report.json", "output", paths.CHAMPION_RETRIEVAL, "Output"),
-        "model": Param("", type=["null", "string"], maxLength=1000, title="Model",
-                       description="Empty: the registry's @champion. Or models:/NAME/VERSION, models:/NAME@ALIAS, "
-                                   "or a local checkpoint folder.", section="Model"),
+        "model": shared.param("", type=["null", "string"], maxLength=1000, title="Model",
+                              description="Empty: the registry's @champion. Or models:/NAME/VERSION, "
+                                          "models:/NAME@ALIAS, or a local checkpoint folder.", section="Model"),
     },
 ) as dag:
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, TaskGroup, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from tasks.core import paths
@@ -82,20 +82,21 @@ with DAG(
         "epochs": _field("epochs", "Epochs", "Training"),
         "learning_rate": _field("learning_rate", "Learning rate", "Training"),
         "batch_size": _field("batch_size", "Batch size", "Training"),
-        "runner": Param("local", type="string", enum=list(orch.RUNNERS), title="Runner",
-                        description="Where train runs: local (a subprocess on the worker), docker (the training "
-                                    "image with a GPU) or kubernetes (a GPU pod).",
-                        values_display={"local": "local subprocess", "docker": "Docker container (GPU)",
-                                        "kubernetes": "Kubernetes pod (GPU)"},
-                        section="Training"),
+        "runner": shared.param("local", type="string", enum=list(orch.RUNNERS), title="Runner",
+                               description="Where train runs: local (a subprocess on the worker), docker (the "
+                                           "training image with a GPU) or kubernetes (a GPU pod).",
+                               values_display={"local": "local subprocess", "docker": "Docker container (GPU)",
+                                               "kubernetes": "Kubernetes pod (GPU)"},
+                               section="Training"),
         "min_gain": _field("min_gain", "Minimum mAP@10 gain", "Promotion"),
         "confidence": _field("confidence", "Confidence", "Promotion"),
         "floor": _field("floor", "First-champion floor", "Promotion"),
-        "data_revision": Param("", type=["null", "string"], maxLength=200, pattern=r"^[A-Za-z0-9._/@^~-]*$",
-                               title="Data revision",
-                               description="A git commit, tag or branch of the workspace whose data/raw.dvc to train "
-                                           "on (fetched from the DVC remote); empty keeps the current data.",
-                               section="Data"),
+        "data_revision": shared.param("", type=["null", "string"], maxLength=200, pattern=r"^[A-Za-z0-9._/@^~-]*$",
+                                      title="Data revision",
+                                      description="A git commit, tag or branch of the workspace whose data/raw.dvc "
+                                                  "to train on (fetched from the DVC remote); empty keeps the current "
+                                                  "data. Letters, digits and . _ / @ ^ ~ - only.",
+                                      section="Data"),
     },
 ) as dag:
 

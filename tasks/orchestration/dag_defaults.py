@@ -42,16 +42,49 @@ def guard(fn: Callable, *args, **kwargs):
         raise AirflowFailException(str(exc)) from None
 
 
+# JSON-schema keywords that Airflow 3's trigger form turns into input limits which act without a word:
+# its number field clamps a value out of [minimum, maximum] on blur (Zag's clampValueOnBlur: epochs 0
+# becomes 1, 1000 becomes 200) and its text field cuts what is typed at maxLength. The form reads them
+# only at the top of a Param's schema, so param() moves every limit under ``allOf``: the form then keeps
+# what was typed, and Airflow validates the run's conf against the limits when the run is created (the
+# form's Trigger, the REST API, `airflow dags trigger`, dag.test) and refuses a bad value with a 400 that
+# names the Param, the value and the limit ("epochs: 0 is less than the minimum of 1", quoting only the
+# small sub-schema), before any run exists. Type and enum stay at the top: they choose the field's widget.
+LIMITS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength", "maxLength",
+          "pattern")
+
+
+def param(default: Any, *, title: str, section: str, description: str, **schema):
+    """A trigger-form Param whose limits the server enforces and the form never applies silently (see
+    LIMITS). A text field's description gets its length limit appended, as a number field's states its
+    range (form_field)."""
+    from airflow.sdk import Param
+    limits = {name: schema.pop(name) for name in LIMITS if name in schema}
+    if "maxLength" in limits and "characters" not in description:
+        description = f"{description} At most {limits['maxLength']} characters."
+    if limits:
+        schema["allOf"] = [limits]
+    return Param(default, title=title, description=description, section=section, **schema)
+
+
+def limits(schema: dict) -> dict:
+    """The limits of a Param's schema as param() placed them (under allOf), and any left at the top."""
+    found = {name: schema[name] for name in LIMITS if name in schema}
+    for part in schema.get("allOf", []):
+        found.update({name: part[name] for name in LIMITS if name in part})
+    return found
+
+
 def form_field(dotted: str, default: Any, *, title: str, section: str, nullable: bool = False,
                description: str | None = None, **extra):
     """A trigger-form Param for the params.yaml key ``dotted``: its JSON-schema type and limits, and
-    its help with the range it accepts (the form refuses what params.yaml would refuse). ``nullable``
-    lets an optional text field be left empty (a field whose type has no null is required)."""
-    from airflow.sdk import Param
+    its help with the range it accepts (the form refuses what params.yaml would refuse; param() keeps
+    the form from clamping instead). ``nullable`` lets an optional text field be left empty (a field
+    whose type has no null is required)."""
     key = params_schema.key(dotted)
-    schema = key.json_schema()
+    schema = {**key.json_schema(), **extra}
     if nullable:
         schema["type"] = ["null", schema["type"]]
-    text = description or key.describe()
-    return Param(default, title=title, description=f"{text} params.yaml: {dotted}.", section=section,
-                 **schema, **extra)
+    # Key.describe() capitalises the help's first letter; "mAP@10 ..." stays as it is written
+    text = description or (f"{key.help} ({key.expected})." if key.help[1:2].isupper() else key.describe())
+    return param(default, title=title, description=f"{text} params.yaml: {dotted}.", section=section, **schema)

@@ -167,6 +167,41 @@ def test_the_form_refuses_bad_values_before_a_run(field, value, workspace, airfl
     assert (root / "params.yaml").read_text() == params_before
 
 
+FORM_DAGS = ("trafficlip_training", "trafficlip_retrieval", "trafficlip_ingest")
+
+
+def test_no_form_field_carries_a_limit_the_form_would_apply_silently():
+    """Airflow 3's trigger form clamps a number to a top-level minimum/maximum on blur and cuts a text at
+    maxLength: every limit sits under allOf (dag_defaults.param), where only the server's validation of
+    the run's conf sees it, and each field's help states it."""
+    from tasks.core import params as params_schema
+    from tasks.orchestration import dag_defaults as shared
+    bag = airflow.dagbag()
+    for dag_id in FORM_DAGS:
+        for name, param in bag.dags[dag_id].params.items():
+            schema = param.schema
+            assert not set(schema) & set(shared.LIMITS), (dag_id, name, schema)
+            limits = shared.limits(schema)
+            if name in orch.PARAM_KEYS and set(limits) & {"minimum", "maximum", "exclusiveMinimum"}:
+                assert params_schema.key(orch.PARAM_KEYS[name]).expected in param.description, (name, param.description)
+            if "maxLength" in limits:
+                assert f"At most {limits['maxLength']} characters" in param.description, (name, param.description)
+
+
+def test_a_refusal_names_the_field_the_value_and_the_limit_not_the_whole_schema(workspace, airflow_db):
+    """What the form shows on Trigger is this message (the API server validates the same schema)."""
+    from airflow.sdk.exceptions import ParamValidationError
+    _, dags = workspace
+    for conf, expected in (({"epochs": 0}, "0 is less than the minimum of 1"),
+                           ({"learning_rate": -0.001}, "-0.001 is less than or equal to the minimum of 0"),
+                           ({"epochs": 2.5}, "2.5 is not of type 'integer'")):
+        with pytest.raises(ParamValidationError) as info:
+            dags["trafficlip_training"].test(run_conf=conf)
+        text = str(info.value)
+        assert next(iter(conf)) in text and expected in text, text
+        assert "params.yaml" not in text, text           # the field's help is not dumped with it
+
+
 def test_optional_text_fields_may_be_empty():
     """The UI form treats a Param whose type has no null as required: the optional ones allow null."""
     dag = airflow.dagbag().dags["trafficlip_training"]
