@@ -15,6 +15,21 @@ registered here), on the cache each size's prepare wrote, two ways: ``per batch`
 each batch's images read from the cache by index) and ``.all()`` (the whole split in memory first, as
 train.py did before, by handing train.py a cache that holds ``ImageCache.all()``).
 
+The other steps at each size, with the same 224-px model (random weights, saved once as a local-dir
+checkpoint): ``augment`` (the training split's vehicles scored), ``evaluate`` (the validation split),
+``predict`` (the test split and its queries) and ``retrieve`` (the raw test_images folder as a gallery,
+as `trafficlip retrieve`/`search`/`serve` read one): wall time, images/s and peak memory.
+
+With ``--torchrun``, training on the largest size's cache under ``torchrun --nproc_per_node`` 1 and 2
+(gloo on CPU, one thread per process, ``--train-batch`` pairs per process and step): each rank's peak
+memory and its resident memory a quarter of the way through and at the end (flat: no growth per step).
+
+The in-memory ways (the reference prepare, training on ``.all()``) run up to ``--reference-max`` images:
+beyond, they need about 2 x 150 KB per image (45 GB at 153,728), more than this machine has.
+
+The demo's validation and test shares are ``--holdout`` (11.46%: the real test split's share of the
+153,728 images), so every size has the real proportions.
+
 Each run is a fresh process (this script with ``--measure``), so imports and the page cache are
 shared alike. Reported per run: wall time of the step itself (imports excluded) and images/s; the
 resident memory before the step (imports: torch and open_clip are most of it) and the step's peak
@@ -34,7 +49,10 @@ at 10,000 images; prepare with 2 workers at least 1.7x as fast as with 1 (on 2 f
 machine gives less); adding 1,000 images to a prepared dataset costs at most 10% of its full prepare.
 
     python benchmarks/scale.py [--counts 1000,10000,20000] [--workers 1,2] [--train-steps 20] [--add 1000]
+                               [--reference-max 10000] [--torchrun] [--stages augment,evaluate,predict,retrieve]
                                [--results benchmarks/results.md]   # `make bench-scale`
+    # the issue's sizes (about 2 hours on 2 cores, 25 GB of disk at the largest):
+    python benchmarks/scale.py --counts 1000,10000,50000,153728 --train-counts 1000,10000,153728 --torchrun
 """
 
 from __future__ import annotations
@@ -87,7 +105,7 @@ def reference_prepare(params: dict, data: Path, out: Path) -> dict:
     from safetensors.torch import save_file
 
     from tasks.core import models
-    from tasks.core.atomic import atomic_path, write_json
+    from tasks.core.atomic import StreamedList, atomic_path, write_json
     from tasks.core.dataset import enforce, scan
     from tasks.core.images import ImageCache
     from tasks.core.paths import MANIFEST, PREPARED_VALIDATION_REPORT, VOCABULARY
@@ -116,7 +134,8 @@ def reference_prepare(params: dict, data: Path, out: Path) -> dict:
                                                "shard_size": shard_size, "shards": shards})
         manifest = (prepare._test_manifest(split_scan, size) if split == "test"
                     else prepare._labelled_manifest(split, split_scan, size))
-        write_json(folder / MANIFEST, manifest)
+        # as the reference did: the manifest's lists built whole, then encoded
+        write_json(folder / MANIFEST, {k: list(v) if isinstance(v, StreamedList) else v for k, v in manifest.items()})
     write_json(out / VOCABULARY, result.vocabulary.as_dict())
     return {split: {"images": s["images"]} for split, s in result.report["splits"].items()}
 
@@ -179,8 +198,9 @@ def measure_train(method: str, data: Path, work: Path, steps: int, batch: int) -
     from tasks.steps import train
 
     _register_train_model(work)
+    world = int(os.environ.get("WORLD_SIZE", "1"))      # under torchrun: batch pairs per process and step
     manifest = read_json(data / "train" / "manifest.json")
-    pairs = random.Random(0).sample(manifest["pairs"], min(len(manifest["pairs"]), steps * batch))
+    pairs = random.Random(0).sample(manifest["pairs"], min(len(manifest["pairs"]), steps * batch * world))
     write_json(work / "manifest.json", {**manifest, "pairs": pairs})
     params = params_mod.defaults()
     params["model"]["name"] = TRAIN_MODEL
@@ -191,12 +211,84 @@ def measure_train(method: str, data: Path, work: Path, steps: int, batch: int) -
     import torch  # noqa: F401  (imported before the baseline, as prepare's torch is)
     before = rss_mb()
     reset_peak()
+    sampler = _Sampler()
     started = time.perf_counter()
     summary = train.run(params, data, work / "models", work / "reports", manifest_path=work / "manifest.json")
     seconds = time.perf_counter() - started
-    weights = hashlib.sha256((work / "models" / "model" / "open_clip_model.safetensors").read_bytes()).hexdigest()
+    samples = sampler.stop()
+    rank = int(os.environ.get("RANK", "0"))
+    weights = (hashlib.sha256((work / "models" / "model" / "open_clip_model.safetensors").read_bytes()).hexdigest()
+               if rank == 0 else "")
+    # resident memory a quarter of the way through the run and at its end: flat means no growth per step
+    quarter, end = (samples[len(samples) // 4], samples[-1]) if samples else (rss_mb(), rss_mb())
     return {"seconds": round(seconds, 2), "steps": summary["steps"], "rss_before_mb": round(before, 1),
-            "peak_mb": round(peak_mb(), 1), "weights": weights[:16]}
+            "peak_mb": round(peak_mb(), 1), "weights": weights[:16], "rank": rank, "world": world,
+            "pairs_per_s": round(summary["steps"] * batch * world / seconds, 1),
+            "rss_quarter_mb": round(quarter, 1), "rss_end_mb": round(end, 1)}
+
+
+def make_model(folder: Path) -> dict:
+    """The 224-px benchmark model (``TRAIN_MODEL``, random weights: cost, not quality) as a local-dir
+    checkpoint, which evaluate, predict and retrieve load like any trained model."""
+    from tasks.core import models
+    _register_train_model(folder.parent)
+    models.save_checkpoint(models.build(TRAIN_MODEL, "", seed=0), folder)
+    return {"model": str(folder)}
+
+
+def measure_stage(stage: str, data: Path, raw: Path, model: Path, work: Path) -> dict:
+    """One of the steps that read the prepared cache (``augment``: the training split's vehicles, scored
+    with this model; ``evaluate``: the validation split; ``predict``:
+    the test split and its queries) or the raw gallery (``retrieve``: test_images ranked for
+    test_text.txt, as `trafficlip retrieve` does), with the 224-px model; MLflow off, plots off."""
+    from tasks.core import models
+    from tasks.core import params as params_mod
+    from tasks.serving import retrieve
+    from tasks.steps import augment, evaluate, predict
+
+    params = params_mod.defaults()
+    params["mlflow"]["enabled"] = False
+    params["evaluate"]["baseline"] = False
+    params["augment"]["model"] = str(model)
+    models.load_checkpoint(model)                 # imports and the model's first build before the baseline
+    before = rss_mb()
+    reset_peak()
+    started = time.perf_counter()
+    if stage == "augment":
+        augment.run(params, data, work / "augmented", work / "augment.json")
+        images = json.loads((data / "train" / "images.json").read_text())["count"]
+    elif stage == "evaluate":
+        evaluate.run(params, data, model, None, work / "eval.json")
+        images = json.loads((data / "val" / "images.json").read_text())["count"]
+    elif stage == "predict":
+        predict.run(params, data, model, work / "predict")
+        images = json.loads((data / "test" / "images.json").read_text())["count"]
+    else:
+        result = retrieve.run(params, raw / "test" / "test_images", raw / "test" / "test_text.txt", work / "retrieve",
+                              model=str(model), cache_dir=work / "retrieve-cache")
+        images = result.get("images", sum(1 for _ in (raw / "test" / "test_images").iterdir()))
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 2), "images": images, "rss_before_mb": round(before, 1),
+            "peak_mb": round(peak_mb(), 1)}
+
+
+class _Sampler:
+    """This process's resident memory every 0.2 s (a thread), for the flat-over-the-run check."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.samples.append(rss_mb())
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,13 +311,20 @@ def run_measured(args: list[str], timeout: float = 3600) -> dict:
             root = psutil.Process(process.pid)
         except psutil.NoSuchProcess:
             return
+        try:
+            own = root.cmdline()
+        except psutil.Error:
+            return
         while not stop.is_set():
             total = 0
             try:
                 for proc in root.children(recursive=True):
                     try:
-                        total += proc.memory_info().rss
-                    except psutil.NoSuchProcess:
+                        # a child between fork and exec still shows its parent's command line and
+                        # resident pages (shared with it, not its own): not a worker yet, not counted
+                        if proc.cmdline() != own:
+                            total += proc.memory_info().rss
+                    except psutil.Error:
                         pass
             except psutil.NoSuchProcess:
                 return
@@ -242,8 +341,23 @@ def run_measured(args: list[str], timeout: float = 3600) -> dict:
         if line.startswith(MEASURE_PREFIX):
             result = json.loads(line[len(MEASURE_PREFIX):])
             return {**result, "workers_peak_mb": round(workers_peak, 1),
-                    "tree_peak_mb": round(result["peak_mb"] + workers_peak, 1)}
+                    "tree_peak_mb": round(result.get("peak_mb", 0) + workers_peak, 1)}
     raise RuntimeError(f"--measure {' '.join(args)}: no measurement (exit {process.returncode}): {stderr[-3000:]}")
+
+
+def run_torchrun(processes: int, args: list[str], timeout: float = 3600) -> list[dict]:
+    """This script with ``--measure ...`` under ``torchrun --nproc_per_node=processes`` (gloo on CPU, one
+    thread per process): every rank's report, by rank."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               str(Path(__file__).resolve()), "--measure", *args]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent, env=env, timeout=timeout)
+    reports = [json.loads(line[len(MEASURE_PREFIX):]) for line in done.stdout.splitlines()
+               if line.startswith(MEASURE_PREFIX)]
+    if done.returncode or len(reports) != processes:
+        raise RuntimeError(f"torchrun x{processes} --measure {' '.join(args)}: exit {done.returncode}, "
+                           f"{len(reports)} report(s): {done.stderr[-3000:]}")
+    return sorted(reports, key=lambda r: r["rank"])
 
 
 def files_digest(folder: Path) -> dict[str, str]:
@@ -257,7 +371,7 @@ def add_training_images(raw: Path, count: int, work: Path) -> int:
     """Add ``count`` training images and their label lines to the demo dataset ``raw``: another draw
     of the demo generator (seed 12), each file and label renamed ``added-...`` so no name collides."""
     from tasks.demo import synth
-    extra = work / "extra"
+    extra = work / f"extra-{time.monotonic_ns()}"
     drawn = -(-count * 10 // 6)                  # 60% of a draw is training data
     synth.generate(extra, vehicles=drawn // 2, pedestrians=drawn - drawn // 2, seed=12)
     lines = []
@@ -295,7 +409,16 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2", help="prepare.workers values measured")
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--train-batch", type=int, default=32)
-    parser.add_argument("--train-counts", default="1000,10000", help="sizes whose caches training reads")
+    parser.add_argument("--train-counts", default="1000,10000,20000", help="sizes whose caches training reads")
+    parser.add_argument("--reference-max", type=int, default=10000,
+                        help="largest size the in-memory ways (the reference prepare, training on .all()) run "
+                             "at: they hold every image, about 2 x 150 KB each at 224 px")
+    parser.add_argument("--torchrun", action="store_true",
+                        help="also train with 1 and 2 torchrun processes on the largest size's cache")
+    parser.add_argument("--stages", default="augment,evaluate,predict,retrieve",
+                        help="steps measured at each size with the 224-px model ('' for none)")
+    parser.add_argument("--holdout", type=float, default=0.1146,
+                        help="the demo's validation and test shares (the real test split is 11.46%% of the images)")
     parser.add_argument("--add", type=int, default=1000, help="training images added for the incremental prepare")
     parser.add_argument("--results", help="also write the output into this markdown file (its scale.py section)")
     parser.add_argument("--work", help="folder for the data (default: a temporary one, removed)")
@@ -305,6 +428,10 @@ def main() -> int:
         kind, method, *rest = args.measure
         if kind == "prepare":
             result = measure_prepare(method, int(rest[0]), Path(rest[1]), Path(rest[2]))
+        elif kind == "model":
+            result = make_model(Path(method))
+        elif kind == "stage":
+            result = measure_stage(method, *(Path(r) for r in rest))
         else:
             result = measure_train(method, Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]))
         report_measurement(result)
@@ -314,7 +441,7 @@ def main() -> int:
     begun = time.perf_counter()
     counts = [int(c) for c in args.counts.split(",")]
     workers = [int(w) for w in args.workers.split(",")]
-    train_counts = [c for c in (int(c) for c in args.train_counts.split(",")) if c in counts]
+    train_counts = [c for c in (int(c) for c in args.train_counts.split(",") if c) if c in counts]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="trafficlip-scale-"))
     lines: list[str] = []
 
@@ -329,26 +456,49 @@ def main() -> int:
     prepare_rows: dict[tuple[str, int], dict[int, dict]] = {m: {} for m in methods}
     train_rows: dict[str, dict[int, dict]] = {"all": {}, "batch": {}}
     incremental_rows: dict[int, dict] = {}
+    stage_rows: dict[str, dict[int, dict]] = {stage: {} for stage in filter(None, args.stages.split(","))}
+    torchrun_rows: dict[int, list[dict]] = {}
     same_output, same_weights = [], []
+    model = work / "model-224"
     try:
+        if stage_rows:
+            run_measured(["model", str(model)])
         for count in counts:
             raw = work / f"raw-{count}"
             started = time.perf_counter()
-            synth.generate(raw, vehicles=count // 2, pedestrians=count - count // 2, seed=11)
+            synth.generate(raw, vehicles=count // 2, pedestrians=count - count // 2, seed=11,
+                           val_fraction=args.holdout, test_fraction=args.holdout)
             print(f"  generated {count} images in {time.perf_counter() - started:.0f} s", flush=True)
             digests = {}
             for method, n in methods:     # one after another at each size: load on the machine hits all alike
+                if method == "reference" and count > args.reference_max:
+                    continue
                 out = work / f"prepared-{count}-{method}{n}"
                 row = run_measured(["prepare", method, str(n), str(raw), str(out)])
                 prepare_rows[(method, n)][count] = row
                 print(f"  {count:>6} {method} x{n}: {row}", flush=True)
                 digests[(method, n)] = files_digest(out)
-                if (method, n) != ("ours", workers[0]):
+                if (method, n) != ("ours", workers[-1]):     # one full-size cache on disk at a time
                     shutil.rmtree(out)
-            same_output.append(all(d == digests[methods[0]] for d in digests.values()))
-            kept = work / f"prepared-{count}-ours{workers[0]}"
+            same_output.append(all(d == digests[("ours", workers[-1])] for d in digests.values()))
+            kept = work / f"prepared-{count}-ours{workers[-1]}"
+            for stage in stage_rows:
+                folder = work / f"{stage}-{count}"
+                folder.mkdir()
+                row = run_measured(["stage", stage, str(kept), str(raw), str(model), str(folder)])
+                stage_rows[stage][count] = row
+                print(f"  {count:>6} {stage}: {row}", flush=True)
+                shutil.rmtree(folder)
+            if args.torchrun and count == max(counts):
+                for processes in (1, 2):
+                    folder = work / f"torchrun-{count}-{processes}"
+                    folder.mkdir()
+                    torchrun_rows[processes] = run_torchrun(processes, ["train", "batch", str(kept), str(folder),
+                                                                        str(args.train_steps), str(args.train_batch)])
+                    print(f"  {count:>6} torchrun x{processes}: {torchrun_rows[processes]}", flush=True)
+                    shutil.rmtree(folder)
             if count in train_counts:
-                for method in ("all", "batch"):
+                for method in ("all", "batch") if count <= args.reference_max else ("batch",):
                     folder = work / f"train-{count}-{method}"
                     folder.mkdir()
                     row = run_measured(["train", method, str(kept), str(folder), str(args.train_steps),
@@ -356,7 +506,8 @@ def main() -> int:
                     train_rows[method][count] = row
                     print(f"  {count:>6} train {method}: {row}", flush=True)
                     shutil.rmtree(folder)
-                same_weights.append(train_rows["all"][count]["weights"] == train_rows["batch"][count]["weights"])
+                if count in train_rows["all"]:
+                    same_weights.append(train_rows["all"][count]["weights"] == train_rows["batch"][count]["weights"])
             if args.add:
                 added = add_training_images(raw, args.add, work)
                 row = run_measured(["prepare", "ours", str(workers[-1]), str(raw), str(kept)])
@@ -380,17 +531,25 @@ def main() -> int:
     say()
     largest, base = max(counts), (10000 if 10000 in counts else None)
     for (method, n), rows in prepare_rows.items():
+        if not rows:
+            continue
         name = "reference" if method == "reference" else f"ours x{n}"
-        first = rows[min(counts)]
-        growth = ", ".join(f"{c}: {rows[c]['tree_peak_mb'] / first['tree_peak_mb']:.2f}x" for c in counts)
-        say(f"growth ratio of the tree's peak, {name} (over {min(counts)} images): {growth}")
+        first = rows[min(rows)]
+        growth = ", ".join(f"{c}: {rows[c]['tree_peak_mb'] / first['tree_peak_mb']:.2f}x" for c in counts if c in rows)
+        say(f"growth ratio of the tree's peak, {name} (over {min(rows)} images): {growth}")
+    if any(c > args.reference_max for c in counts):
+        say(f"(the reference runs up to {args.reference_max} images: it holds every decoded image and stacks each "
+            f"shard again, about {2 * 224 * 224 * 3 / 2 ** 20 * max(counts) / 1024:.0f} GB at {max(counts)})")
     if base and largest > base:
         for n in workers:
             rows = prepare_rows[("ours", n)]
             ratio = rows[largest]["tree_peak_mb"] / rows[base]["tree_peak_mb"]
             say(f"peak at {largest} <= 1.25x peak at {base} (ours x{n}): {ratio:.2f}x: {verdict(ratio <= 1.25)}")
-        ratio = prepare_rows[methods[0]][largest]["tree_peak_mb"] / prepare_rows[methods[0]][base]["tree_peak_mb"]
-        say(f"(reference: peak at {largest} = {ratio:.2f}x its peak at {base})")
+        reference = prepare_rows[methods[0]]
+        top = max(reference, default=base)
+        if top > base:
+            say(f"(reference: peak at {top} = {reference[top]['tree_peak_mb'] / reference[base]['tree_peak_mb']:.2f}x "
+                f"its peak at {base})")
     if 1 in workers and 2 in workers:
         say(f"load average now {' / '.join(f'{x:.1f}' for x in os.getloadavg())}: wall-time ratios need free cores")
         for count in counts:
@@ -404,7 +563,7 @@ def main() -> int:
             say(f"ratio at {count}: 2 workers {ratio:.2f}x faster than 1 (target 1.7x): {met}; from CPU time "
                 f"(step {step:.1f} s + workers {decode:.1f} s against {one['cpu_s']:.1f} s alone), "
                 f"{bound:.2f}x on 2 free cores")
-    for count in counts:
+    for count in prepare_rows[methods[0]]:
         ratio = prepare_rows[methods[0]][count]["seconds"] / prepare_rows[("ours", workers[-1])][count]["seconds"]
         say(f"ratio at {count}: ours x{workers[-1]} {ratio:.2f}x faster than the reference")
     if incremental_rows:
@@ -429,9 +588,39 @@ def main() -> int:
         if big > small:
             for method, name in (("all", ".all()"), ("batch", "per batch")):
                 rows = train_rows[method]
-                say(f"training peak ratio {name}: {big} / {small} images = "
-                    f"{rows[big]['peak_mb'] / rows[small]['peak_mb']:.2f}x")
+                top = max(rows, default=small)
+                if top > small:
+                    say(f"training peak ratio {name}: {top} / {small} images = "
+                        f"{rows[top]['peak_mb'] / rows[small]['peak_mb']:.2f}x")
         say(f"same weights (per batch vs .all(), every size): {'yes' if all(same_weights) else 'NO'}")
+    if stage_rows:
+        say()
+        say(f"steps with the 224-px model ({TRAIN_MODEL}, random weights)   images   seconds   images/s   "
+            "RSS before   peak RSS")
+        for stage, rows in stage_rows.items():
+            for count, r in rows.items():
+                say(f"{stage:<9} at {count:>6} (all splits)   {r['images']:>6}   {r['seconds']:>7.1f}   "
+                    f"{r['images'] / r['seconds']:>8.0f}   {r['rss_before_mb']:>7.0f} MB   {r['peak_mb']:>5.0f} MB")
+            if largest in rows and base in rows:
+                ratio = rows[largest]["peak_mb"] / rows[base]["peak_mb"]
+                say(f"{stage}: peak at {largest} = {ratio:.2f}x its peak at {base} (target <= 1.25x): "
+                    f"{verdict(ratio <= 1.25)}; under 4 GB: {verdict(rows[largest]['peak_mb'] < 4096)}")
+    if torchrun_rows:
+        say()
+        say(f"training under torchrun on the {largest}-image cache ({args.train_steps} steps of {args.train_batch} "
+            "pairs per process, gloo, 1 thread each)")
+        say("processes   rank   seconds   pairs/s (all)   RSS before   peak RSS   RSS at 1/4   RSS at end")
+        for processes, reports in torchrun_rows.items():
+            for r in reports:
+                say(f"{processes:>9}   {r['rank']:>4}   {r['seconds']:>7.1f}   {r['pairs_per_s']:>13.1f}   "
+                    f"{r['rss_before_mb']:>7.0f} MB   {r['peak_mb']:>5.0f} MB   {r['rss_quarter_mb']:>7.0f} MB   "
+                    f"{r['rss_end_mb']:>7.0f} MB")
+        if 1 in torchrun_rows and 2 in torchrun_rows:
+            single = torchrun_rows[1][0]["peak_mb"]
+            worst = max(r["peak_mb"] for r in torchrun_rows[2])
+            say(f"each of 2 processes within 10% of one process's peak: {worst / single:.2f}x: {verdict(worst <= 1.1 * single)}")
+            growth = max(r["rss_end_mb"] / r["rss_quarter_mb"] for rs in torchrun_rows.values() for r in rs)
+            say(f"flat over the run (RSS at the end / at a quarter, worst rank): {growth:.2f}x: {verdict(growth <= 1.05)}")
     if args.results:
         command = "python benchmarks/scale.py " + " ".join(a for a in sys.argv[1:])
         write_results(Path(args.results), "\n".join(lines), time.perf_counter() - begun, command.strip())
