@@ -109,7 +109,7 @@ class Following:
                  searcher: Searcher | None = None, follow: bool = True):
         self.params, self.gallery, self.model, self.every = params, gallery, model, every
         self.alias = retrieve.followed_alias(params, model) if follow else None
-        self.current = searcher or Searcher(params, gallery, model)
+        self.current = searcher if searcher is not None or not follow else Searcher(params, gallery, model)
         self.changes = 0
         self.last_error: str | None = None
         self.logger = logging.getLogger("trafficlip.serve")
@@ -117,9 +117,11 @@ class Following:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def fixed(cls, searcher: Searcher) -> Following:
-        """One searcher that follows no alias: what ``create_app`` serves when handed a Searcher."""
-        return cls(searcher.params, searcher.gallery, None, every=0, searcher=searcher, follow=False)
+    def fixed(cls, searcher: Searcher | None) -> Following:
+        """One searcher that follows no alias: what ``create_app`` serves when handed a Searcher (None: an
+        app made for its OpenAPI schema only, which answers no search)."""
+        return cls(getattr(searcher, "params", {}), getattr(searcher, "gallery", ""), None, every=0,
+                   searcher=searcher, follow=False)
 
     def check(self) -> bool:
         """One look at the alias; load and swap in the version it points to when that moved. True if swapped."""
