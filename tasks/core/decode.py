@@ -248,7 +248,7 @@ class Decoder:
             for path in paths:
                 yield decode_file(path, size, self.known)
             return
-        if self.known is None:
+        if not self.known:      # nothing to reuse (a first prepare): the workers hash what they decode
             yield from self._map(paths, size)
             return
         # With known digests, every file is hashed here first (a read and a SHA-256: about 12 us for a
