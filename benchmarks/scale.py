@@ -34,15 +34,18 @@ Each run is a fresh process (this script with ``--measure``), so imports and the
 shared alike. Reported per run: wall time of the step itself (imports excluded) and images/s; the
 resident memory before the step (imports: torch and open_clip are most of it) and the step's peak
 (``VmHWM`` of the step's process, reset after the imports), and for prepare the peak of the process
-tree: that plus the peak of its decoding workers' resident memory (summed, sampled every 20 ms by
-psutil from this process; shared library pages count once per process, so it overstates a little).
+tree: that plus each decoding worker's own peak (its ``VmHWM``, read from /proc every 0.25 s), summed
+(an upper bound: shared library pages count once per process, and the peaks need not coincide).
 Checks: the three prepares write the same bytes (every file); both training ways end with the same
 weights.
 
 Incremental prepare: after the full prepares of each size, ``--add`` training images (another demo
 draw, renamed) are added to the dataset and ours (the last ``--workers`` value) prepares it again into
-the folder of a full prepare: it decodes only the added images and reuses the rest. Reported: its time
-against the full prepare's, and how many images it decoded and reused.
+a copy of the full prepare's folder (hard links) with its file state, ``--incremental-runs`` times, a
+fresh copy each time: it decodes only the added images and reuses the rest. Reported: the median run's
+time against the full prepare's (and each run's: one run's time varies with what the disk is still
+writing), how many images it decoded and reused, and how many files it did not read at all (the file
+state vouched for them).
 
 Targets (the issue "The real dataset's scale"): peak memory at the largest size at most 1.25x the peak
 at 10,000 images; prepare with 2 workers at least 1.7x as fast as with 1 (on 2 free cores: a busy
@@ -158,7 +161,7 @@ def measure_prepare(method: str, workers: int, data: Path, out: Path) -> dict:
         counts = reference_prepare(params, data, out)
     else:
         result = prepare.run(params, data, out)
-        counts, reuse = result["counts"], {"decoded": result["decoded"], "reused": result["reused"]}
+        counts, reuse = result["counts"], {k: result[k] for k in ("decoded", "reused", "unread")}
     seconds = time.perf_counter() - started
     cpu, workers_cpu = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"seconds": round(seconds, 2), "images": sum(c["images"] for c in counts.values()),
@@ -295,41 +298,54 @@ class _Sampler:
 # In the parent: runs, the process tree's memory, the table
 # ---------------------------------------------------------------------------------------------
 
+def _own_peak_mb(pid: int) -> float | None:
+    """A process's own peak resident memory (``VmHWM``), from /proc; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def run_measured(args: list[str], timeout: float = 3600) -> dict:
     """This script with ``--measure ...`` in a fresh process; its report, plus ``tree_peak_mb``: the step's
-    peak (its own VmHWM) plus the peak of its descendants' resident memory (the decoding workers),
-    summed and sampled every 20 ms."""
+    peak (its own VmHWM) plus the sum of its descendants' own peaks (the decoding workers' VmHWM; an
+    upper bound of what they held at once).
+
+    A peak is a high-water mark the kernel keeps, so the descendants are looked up only every 0.25 s:
+    scanning the process table every 20 ms, as this did before, took enough of a core to slow the
+    measured step (more so with two workers on two cores, which skewed their speed-up)."""
     import psutil
     process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--measure", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE.parent)
-    workers_peak = 0.0
+    peaks: dict[int, float] = {}
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal workers_peak
         try:
             root = psutil.Process(process.pid)
-        except psutil.NoSuchProcess:
-            return
-        try:
             own = root.cmdline()
         except psutil.Error:
             return
-        while not stop.is_set():
-            total = 0
+        while not stop.wait(0.25):
             try:
-                for proc in root.children(recursive=True):
-                    try:
-                        # a child between fork and exec still shows its parent's command line and
-                        # resident pages (shared with it, not its own): not a worker yet, not counted
-                        if proc.cmdline() != own:
-                            total += proc.memory_info().rss
-                    except psutil.Error:
-                        pass
+                children = root.children(recursive=True)
             except psutil.NoSuchProcess:
                 return
-            workers_peak = max(workers_peak, total / 2 ** 20)
-            stop.wait(0.02)
+            for proc in children:
+                try:
+                    # a child between fork and exec still shows its parent's command line and
+                    # resident pages (shared with it, not its own): not a worker yet, not counted
+                    if proc.cmdline() == own:
+                        continue
+                except psutil.Error:
+                    continue
+                peak = _own_peak_mb(proc.pid)
+                if peak is not None:
+                    peaks[proc.pid] = max(peaks.get(proc.pid, 0.0), peak)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
@@ -337,6 +353,7 @@ def run_measured(args: list[str], timeout: float = 3600) -> dict:
     finally:
         stop.set()
         sampler.join()
+    workers_peak = sum(peaks.values())
     for line in reversed(stdout.splitlines()):
         if line.startswith(MEASURE_PREFIX):
             result = json.loads(line[len(MEASURE_PREFIX):])
@@ -420,6 +437,8 @@ def main() -> int:
     parser.add_argument("--holdout", type=float, default=0.1146,
                         help="the demo's validation and test shares (the real test split is 11.46%% of the images)")
     parser.add_argument("--add", type=int, default=1000, help="training images added for the incremental prepare")
+    parser.add_argument("--incremental-runs", type=int, default=3,
+                        help="incremental prepares measured at each size (each into a fresh copy); the median counts")
     parser.add_argument("--results", help="also write the output into this markdown file (its scale.py section)")
     parser.add_argument("--work", help="folder for the data (default: a temporary one, removed)")
     parser.add_argument("--measure", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -509,10 +528,23 @@ def main() -> int:
                 if count in train_rows["all"]:
                     same_weights.append(train_rows["all"][count]["weights"] == train_rows["batch"][count]["weights"])
             if args.add:
+                from tasks.steps.prepare import state_path
                 added = add_training_images(raw, args.add, work)
-                row = run_measured(["prepare", "ours", str(workers[-1]), str(raw), str(kept)])
-                incremental_rows[count] = {**row, "added": added}
-                print(f"  {count:>6} + {added} incremental x{workers[-1]}: {row}", flush=True)
+                runs = []
+                for attempt in range(args.incremental_runs):
+                    # each run into its own copy of the full prepare's folder (hard links: the prepare
+                    # writes new files and links unchanged shards, never changing one in place) and state
+                    copy = work / f"incremental-{count}-{attempt}"
+                    subprocess.run(["cp", "-al", str(kept), str(copy)], check=True)
+                    if state_path(kept).exists():
+                        shutil.copyfile(state_path(kept), state_path(copy))
+                    runs.append(run_measured(["prepare", "ours", str(workers[-1]), str(raw), str(copy)]))
+                    print(f"  {count:>6} + {added} incremental x{workers[-1]}, run {attempt + 1}: {runs[-1]}",
+                          flush=True)
+                    shutil.rmtree(copy)
+                    state_path(copy).unlink(missing_ok=True)
+                row = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]        # the median run
+                incremental_rows[count] = {**row, "added": added, "all_seconds": [r["seconds"] for r in runs]}
             shutil.rmtree(kept)
             shutil.rmtree(raw)
     finally:
@@ -568,13 +600,16 @@ def main() -> int:
         say(f"ratio at {count}: ours x{workers[-1]} {ratio:.2f}x faster than the reference")
     if incremental_rows:
         say()
-        say(f"incremental prepare (ours x{workers[-1]}, into the folder of a full prepare)   added   decoded   "
-            f"reused   seconds   of the full prepare   peak of process tree")
+        say(f"incremental prepare (ours x{workers[-1]}, into a copy of the full prepare's folder; the median of "
+            f"{args.incremental_runs} runs)   added   decoded   reused (not read)   seconds (each run)   of the full "
+            f"prepare   peak of process tree")
         for count, r in incremental_rows.items():
             share = r["seconds"] / prepare_rows[("ours", workers[-1])][count]["seconds"]
             met = verdict(share <= 0.10 and r["decoded"] == r["added"])
-            say(f"{count:>6} images + {r['added']:>5}   {r['decoded']:>7}   {r['reused']:>6}   {r['seconds']:>7.1f}   "
-                f"{share:>6.1%} (target <= 10%, only the added decoded): {met}   {r['tree_peak_mb']:>6.0f} MB")
+            each = " / ".join(f"{x:.1f}" for x in r["all_seconds"])
+            say(f"{count:>6} images + {r['added']:>5}   {r['decoded']:>7}   {r['reused']:>6} ({r.get('unread', 0)})   "
+                f"{r['seconds']:>5.1f} ({each})   {share:>6.1%} (target <= 10%, only the added decoded): {met}   "
+                f"{r['tree_peak_mb']:>6.0f} MB")
     say(f"same output (every file's bytes, reference and ours x{'/x'.join(map(str, workers))}, every size): "
         f"{'yes' if all(same_output) else 'NO'}")
     if train_counts:

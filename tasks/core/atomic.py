@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -132,11 +133,28 @@ class StreamedList:
         return self._count
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+@functools.lru_cache(maxsize=None)
+def _flat_encoder(level: int):
+    """json's C encoder (it is used when there is no ``indent``) with an item separator that puts each
+    item of a flat container at ``level`` on its own indented line: such a container's text, between
+    its brackets, is exactly what the indented encoder writes there."""
+    return json.JSONEncoder(ensure_ascii=False, separators=(",\n" + "  " * (level + 1), ": ")).encode
+
+
 def _json_text(value, level: int) -> str:
     """``json.dumps(value, indent=2, ensure_ascii=False)``'s text for ``value`` at nesting ``level``,
     the same bytes, built by joining strings: the json module encodes with ``indent`` in Python, a
     generator step and a string per token (millions for a manifest of 100,000 images, all held by
-    ``json.dumps`` until it joins them)."""
+    ``json.dumps`` until it joins them). A non-empty dict or list of plain scalars (a manifest's entry
+    for an image or a pair) is encoded in one call of the C encoder (``_flat_encoder``)."""
+    kind = type(value)
+    if (kind is dict or kind is list) and value and all(type(v) in _SCALARS for v in (
+            value.values() if kind is dict else value)) and (kind is list or all(type(k) is str for k in value)):
+        text = _flat_encoder(level)(value)         # "{" item ",\n<indent>" item ... "}"
+        return text[0] + "\n" + "  " * (level + 1) + text[1:-1] + "\n" + "  " * level + text[-1]
     if isinstance(value, str):
         return encode_basestring(value)
     if value is None:

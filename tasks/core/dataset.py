@@ -54,7 +54,9 @@ class Scan:
 
 
 def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None = None, workers: int = 1,
-         progress: Callable | None = None, known: Mapping[bytes, tuple[int, int]] | None = None) -> Scan:
+         progress: Callable | None = None, known: Mapping[bytes, tuple[int, int]] | None = None,
+         expect: Callable[[str, int], None] | None = None,
+         vouched: Callable[[str], bytes | None] | None = None) -> Scan:
     """Parse labels and decode every referenced image once, on ``workers`` processes (0: every core).
 
     With ``image_size``, each decoded image is padded, resized and handed to ``sink(split, array,
@@ -62,6 +64,9 @@ def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None =
     With ``known`` (SHA-256 of a file's bytes -> that image's original (width, height); may be empty),
     every file is hashed (``image_digests``) and a file whose digest is known is not decoded: its size
     comes from ``known`` and the sink gets None for the array.
+    ``expect(split, n)``, before a split's first image reaches the sink: at most ``n`` will (the files
+    its labels or folder name; a bad one is not sunk). ``vouched``: see ``Decoder``; files are named to
+    it as ``os.path.join(root, relative path)``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -72,7 +77,7 @@ def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None =
     rejected: list[dict] = []
     splits: dict[str, SplitScan] = {}
     summary: dict[str, dict] = {}
-    with Decoder(workers, None if known is None else frozenset(known)) as decoder:
+    with Decoder(workers, None if known is None else frozenset(known), vouched) as decoder:
         for split in labels.SPLITS:
             parsed = labels.read_split(root, split)
             for error in parsed.errors:
@@ -82,6 +87,8 @@ def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None =
             decoded: set[str] = set()
             items = parsed.records
             unique = list(dict.fromkeys(record.image_path for record in items))   # first-seen order
+            if expect is not None:
+                expect(split, len(unique))
             outcomes = decoder.map((os.path.join(root, path) for path in unique), image_size)
             for record in (progress(items, len(items), f"decode {split}") if progress else items):
                 path = record.image_path
@@ -107,7 +114,7 @@ def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None =
             splits[split] = result
         vocabulary = labels.extract_vocabulary(splits["train"].records)
         splits["test"], summary["test"] = _scan_test(root, image_size, vocabulary, rejected, progress, decoder, sink,
-                                                     known)
+                                                     known, expect)
     report = {"data": str(root), "splits": summary, "vocabulary": vocabulary.as_dict(),
               "rejected": rejected, "problems": len(rejected)}
     return Scan(root, report, splits, vocabulary)
@@ -134,7 +141,8 @@ def _take(outcome: Decoded, split: str, relative: str, result: SplitScan, sink: 
 
 def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejected: list[dict],
                progress: Callable | None, decoder: Decoder, sink: Sink | None,
-               known: Mapping[bytes, tuple[int, int]] | None) -> tuple[SplitScan, dict]:
+               known: Mapping[bytes, tuple[int, int]] | None,
+               expect: Callable[[str, int], None] | None = None) -> tuple[SplitScan, dict]:
     result = SplitScan()
     text_file = root / "test" / "test_text.txt"
     image_dir = root / "test" / "test_images"
@@ -156,6 +164,8 @@ def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejec
                          "field": "image", "reason": "test image folder not found", "expected": "test/test_images/"})
     # which files are decoded is known before decoding any: the rest are refused by name or place
     refused = {path: _refusal(path, folder) for path in files}
+    if expect is not None:
+        expect("test", sum(r is None for r in refused.values()))
     outcomes: Iterator[Decoded] = decoder.map((p for p in files if refused[p] is None), image_size)
     quarantined = 0
     for path in (progress(files, len(files), "decode test") if progress else files):

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -38,7 +40,7 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 MAX_PADDED_SIDE = 4096
 
 # The pool: plain subprocesses running ``python -c "from tasks.core.decode import serve; serve()"``, fed
-# tasks and read results through pipes (pickle). Why not multiprocessing: with "fork", the child inherits
+# tasks and read results through pipes (pickle), the decoded arrays through shared memory (_Slots). Why not multiprocessing: with "fork", the child inherits
 # the parent mid-state: the step has imported torch, whose OpenMP and allocator threads and locks a forked
 # child would copy half-held (a known deadlock; Python 3.12 warns on fork with threads). With "spawn" or
 # "forkserver", every worker first re-runs the parent's main script (as ``__mp_main__``): a script
@@ -214,19 +216,28 @@ class Decoder:
 
     ``with Decoder(workers) as decoder: for outcome in decoder.map(paths, size): ...``: outcomes come in
     the order of ``paths``. With ``known`` digests, every file is hashed and a file whose digest is
-    known is not decoded (:func:`decode_file`); each worker gets the set once, when it starts. Tasks of IMAGES_PER_TASK files go to the least busy worker, at most
+    known is not decoded (:func:`decode_file`): this process hashes them and sends the workers only
+    the others. Tasks of IMAGES_PER_TASK files go to the least busy worker, at most
     ``workers x TASKS_IN_FLIGHT_PER_WORKER`` of them ahead of the consumer, so memory holds a bounded
     window of decoded images whatever the number of files. Workers start as tasks need them (up to
     ``workers``), serve every later ``map``, and stop on ``close`` (or leaving the ``with``).
+
+    ``vouched(path)`` (with ``known``): the digest a file has without reading it, when something can
+    vouch for it (`prepare`'s file state: its size, times and inode unchanged since it was hashed), or
+    None. It is asked once per file, in order, before the file is read (so it may note the file's
+    status first); a vouched digest that is known is reused with no read at all.
     """
 
-    def __init__(self, workers: int = 1, known: frozenset[bytes] | None = None):
+    def __init__(self, workers: int = 1, known: frozenset[bytes] | None = None,
+                 vouched: Callable[[str], bytes | None] | None = None):
         self.workers = resolve_workers(workers)
         self.known = None if known is None else frozenset(known)
+        self.vouched = vouched if known is not None else None
         self._pool: list[_Worker] = []
         self._done = threading.Condition()
         self._results: dict[int, tuple] = {}
         self._next_task = 0
+        self._slots: _Slots | None = None      # shared memory the workers put decoded arrays in
 
     def __enter__(self) -> Decoder:
         return self
@@ -241,15 +252,21 @@ class Decoder:
         for worker in pool:
             worker.stop(kill)
         self._results.clear()
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.close()
 
     def map(self, paths: Iterable[str | Path], size: int | None) -> Iterator[Decoded]:
         """Each path's :class:`Decoded`, in order."""
+        vouched = self.vouched or (lambda path: None)
         if self.workers == 1:
             for path in paths:
-                yield decode_file(path, size, self.known)
+                digest = vouched(str(path))
+                yield (Decoded(None, None, None, digest, True) if digest is not None and digest in self.known
+                       else decode_file(path, size, self.known))
             return
         if not self.known:      # nothing to reuse (a first prepare): the workers hash what they decode
-            yield from self._map(paths, size)
+            yield from self._map((p for p in map(str, paths) if vouched(p) or True), size)
             return
         # With known digests, every file is hashed here first (a read and a SHA-256: about 12 us for a
         # demo image, the hashing outside the GIL) and only the others go to the workers: a known file
@@ -257,11 +274,13 @@ class Decoder:
         paths = [str(p) for p in paths]
         early: list[bytes | dict | None] = []      # the known file's digest, a read error, or None: decode
         for path in paths:
-            try:
-                digest = hashlib.sha256(read_file(path)).digest()
-            except InputError as exc:
-                early.append(exc.as_dict())
-                continue
+            digest = vouched(path)
+            if digest is None:
+                try:
+                    digest = hashlib.sha256(read_file(path)).digest()
+                except InputError as exc:
+                    early.append(exc.as_dict())
+                    continue
             early.append(digest if digest in self.known else None)
         rest = self._map((p for p, e in zip(paths, early) if e is None), size)
         for entry in early:
@@ -277,6 +296,8 @@ class Decoder:
     def _map(self, paths: Iterable[str | Path], size: int | None) -> Iterator[Decoded]:
         batches = _batches((str(p) for p in paths), IMAGES_PER_TASK)
         window = self.workers * TASKS_IN_FLIGHT_PER_WORKER
+        slots = self._slots_for(window, size)
+        slot_bytes = IMAGES_PER_TASK * size * size * 3 if slots is not None else 0
         owner: dict[int, _Worker] = {}
         wanted, exhausted = self._next_task, False
         try:
@@ -287,12 +308,15 @@ class Decoder:
                         exhausted = True
                         break
                     worker = self._least_busy()
-                    worker.send(self._next_task, batch, size)
+                    # task n's arrays go to slot n % window: the task before it in that slot was taken
+                    # (its arrays copied out) before this one could be handed out
+                    worker.send(self._next_task, batch, size,
+                                None if slots is None else self._next_task % window * slot_bytes)
                     owner[self._next_task] = worker
                     self._next_task += 1
                 if wanted == self._next_task:
                     return
-                outcomes = self._take(wanted, owner.pop(wanted))
+                outcomes = self._take(wanted, owner.pop(wanted), slots, size, wanted % window * slot_bytes)
                 wanted += 1
                 yield from outcomes
         finally:
@@ -303,10 +327,30 @@ class Decoder:
         """The worker with the fewest tasks; a new one while every worker has some and there are fewer
         than ``workers`` (a small dataset starts only the workers it keeps busy)."""
         if len(self._pool) < self.workers and all(w.outstanding for w in self._pool):
-            self._pool.append(_Worker(len(self._pool), self._done, self._results, self.known))
+            # with known digests, map() sends a worker only files whose digest is not known: it hashes
+            # what it decodes (an empty set), and the set itself (50,000 digests: 2 MB) never travels
+            hashing = None if self.known is None else frozenset()
+            self._pool.append(_Worker(len(self._pool), self._done, self._results, hashing,
+                                      None if self._slots is None else self._slots.fd))
         return min(self._pool, key=lambda w: w.outstanding)
 
-    def _take(self, task: int, worker: _Worker) -> list[Decoded]:
+    def _slots_for(self, window: int, size: int | None) -> _Slots | None:
+        """Shared memory with room for ``window`` tasks' arrays of ``size`` px (made, or grown, before
+        any task of this map is handed out); None without a size, or where it cannot be made (the
+        arrays then come through the pipes)."""
+        if not size:
+            return None
+        need = window * IMAGES_PER_TASK * size * size * 3
+        if self._slots is None:
+            if self._pool:                 # workers started without it keep the pipes
+                return None
+            self._slots = _Slots.create(need)
+        elif self._slots.capacity < need and not self._slots.grow(need):
+            return None                    # no room for the larger arrays: this map uses the pipes
+        return self._slots                 # (each worker maps a grown file when a task needs it)
+
+    def _take(self, task: int, worker: _Worker, slots: _Slots | None = None, size: int | None = None,
+              base: int = 0) -> list[Decoded]:
         with self._done:
             while task not in self._results and worker.failure is None:
                 self._done.wait()
@@ -316,23 +360,31 @@ class Decoder:
         worker.outstanding -= 1
         if kind == "raised":    # not a bad image (those are outcomes) but a failure of the decoder itself
             raise payload
-        return [Decoded(*outcome) for outcome in payload]
+        if slots is None:
+            return [Decoded(*outcome) for outcome in payload]
+        # an array in shared memory is sent as its place in the task's slot: copied out here, so the
+        # slot is free for a later task once this returns
+        row = size * size * 3
+        return [Decoded(slots.read(base + array * row, (size, size, 3)) if isinstance(array, int) else array, *rest)
+                for array, *rest in payload]
 
 
 class _Worker:
     """One decoding process and the thread that reads its results into ``results``."""
 
-    def __init__(self, number: int, done: threading.Condition, results: dict, known: frozenset[bytes] | None):
+    def __init__(self, number: int, done: threading.Condition, results: dict, known: frozenset[bytes] | None,
+                 shared: int | None = None):
         package_root = str(Path(__file__).resolve().parents[2])   # the folder holding ``tasks``
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)}
         self.number, self.outstanding, self.failure = number, 0, None
         self.process = subprocess.Popen([sys.executable, "-c", "from tasks.core.decode import serve; serve()"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                        pass_fds=() if shared is None else (shared,))
         self._done, self._results = done, results
         self._reader = threading.Thread(target=self._read, name=f"decoder-{number}", daemon=True)
         self._reader.start()
-        self._write(known)              # the first message: the known digests (or None), once
+        self._write((known, shared))    # the first message: the known digests (or None), the shared memory's fd
 
     def _write(self, message) -> None:
         try:
@@ -342,8 +394,8 @@ class _Worker:
             self._reader.join(5)
             raise RuntimeError(self.failure or f"decoding process {self.number} stopped") from None
 
-    def send(self, task: int, paths: list[str], size: int | None) -> None:
-        self._write((task, paths, size))
+    def send(self, task: int, paths: list[str], size: int | None, offset: int | None = None) -> None:
+        self._write((task, paths, size, offset))
         self.outstanding += 1
 
     def _read(self) -> None:
@@ -377,23 +429,36 @@ class _Worker:
 
 
 def serve() -> None:
-    """A decoding process: read the known digests (or None) from stdin, then tasks ``(id, paths, size)``,
-    and write ``(id, result)`` to stdout, until stdin ends (the parent closed it, or died). Bad images
-    are outcomes; anything else raised is sent back to be raised in the parent."""
+    """A decoding process: read the known digests (or None) and the shared memory's file descriptor (or
+    None) from stdin, then tasks ``(id, paths, size, offset)``, and write ``(id, result)`` to stdout,
+    until stdin ends (the parent closed it, or died). With an offset, the task's arrays are written into
+    the shared memory from there, one after another, and the result names each by its number; without,
+    they travel in the result. Bad images are outcomes; anything else raised is sent back to be raised
+    in the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole process group: the parent handles it
     tasks, results = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)                                  # a stray print() goes to stderr, not into the results
     try:
-        known = pickle.load(tasks)
+        known, shared = pickle.load(tasks)
     except EOFError:
         return
+    memory: mmap.mmap | None = None
     while True:
         try:
-            task, paths, size = pickle.load(tasks)
+            task, paths, size, offset = pickle.load(tasks)
         except EOFError:
             return
         try:
-            result = ("ok", [tuple(decode_file(path, size, known)) for path in paths])
+            outcomes = [tuple(decode_file(path, size, known)) for path in paths]
+            if offset is not None:
+                if memory is None or len(memory) < offset + len(paths) * size * size * 3:
+                    memory = mmap.mmap(shared, os.fstat(shared).st_size)    # made, or grown, by the parent
+                for number, outcome in enumerate(outcomes):
+                    if outcome[0] is not None:
+                        start = offset + number * outcome[0].nbytes
+                        memory[start:start + outcome[0].nbytes] = outcome[0].tobytes()
+                        outcomes[number] = (number, *outcome[1:])
+            result = ("ok", outcomes)
         except Exception as exc:
             try:
                 pickle.dumps(exc)
@@ -405,6 +470,64 @@ def serve() -> None:
             results.flush()
         except BrokenPipeError:                    # the parent is gone
             return
+
+
+class _Slots:
+    """Memory shared with the decoding processes: an unlinked temporary file (in /dev/shm where there is
+    one), mapped by each side; task ``n`` of a map writes its arrays in slot ``n % window``. A
+    decoded image then crosses once, as a copy into this memory, instead of being pickled into a pipe,
+    read by this process's reader thread (which needs the GIL) and unpickled: a worker spent a tenth of
+    its time waiting for a pipe to drain. Nothing is left behind when a process dies: the file has no
+    name, and its memory goes with the last descriptor. Its pages are allocated when it is made
+    (``posix_fallocate``): a full /dev/shm (a container's is 64 MB by default) is then a fall-back to the
+    pipes, not a worker killed by SIGBUS when it writes."""
+
+    def __init__(self, handle, capacity: int):
+        self.handle, self.fd, self.capacity = handle, handle.fileno(), capacity
+        self.memory = mmap.mmap(self.fd, capacity)
+
+    @classmethod
+    def create(cls, capacity: int) -> _Slots | None:
+        if os.name != "posix":
+            return None                # pass_fds is POSIX only: the arrays come through the pipes
+        for folder in ("/dev/shm", None):          # None: the system's temporary folder
+            if folder is not None and not os.path.isdir(folder):
+                continue
+            handle = None
+            try:
+                handle = tempfile.TemporaryFile(dir=folder)
+                _allocate(handle.fileno(), capacity)
+                return cls(handle, capacity)
+            except OSError:
+                if handle is not None:
+                    handle.close()
+        return None
+
+    def grow(self, capacity: int) -> bool:
+        """Room for ``capacity`` bytes; False (and unchanged) where there is none."""
+        try:
+            _allocate(self.fd, capacity)
+        except OSError:
+            return False
+        self.memory.close()
+        self.memory, self.capacity = mmap.mmap(self.fd, capacity), capacity
+        return True
+
+    def read(self, start: int, shape: tuple[int, int, int]) -> np.ndarray:
+        return np.frombuffer(self.memory, dtype=np.uint8, count=shape[0] * shape[1] * shape[2],
+                             offset=start).reshape(shape).copy()
+
+    def close(self) -> None:
+        self.memory.close()
+        self.handle.close()
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Make the file ``size`` bytes long with its blocks allocated (OSError where there is no room)."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, 0, size)
+    else:                                          # pragma: no cover (macOS): sparse, as ftruncate makes it
+        os.ftruncate(fd, size)
 
 
 def _batches(items: Iterator[str], n: int) -> Iterator[list[str]]:

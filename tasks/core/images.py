@@ -27,8 +27,9 @@ import json
 import os
 import shutil
 import struct
+import threading
 from pathlib import Path
-from typing import Generator, Sequence
+from typing import Generator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -47,7 +48,6 @@ SHARD_NAME = "images-{:05d}.safetensors"
 TENSOR = "images"               # the one tensor of a shard
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on a header
 _COPY_BLOCK = 1 << 22           # bytes moved at once when a last, short shard's rows move up
-_REUSED_ROWS_PER_READ = 64      # reused rows read from a previous cache at once (9.6 MB at 224 px)
 
 
 def to_model_input(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -236,6 +236,11 @@ class ShardWriter:
     file under its final name is always complete. ``close`` finishes the last shard (its rows move up
     when its shorter header needs fewer bytes) and writes the index, ``images.json``, last. Memory: one
     image at a time. Used as a context manager, an exception removes the open shard's temporary file.
+
+    ``expect(n)``, before the first image: at most ``n`` images will come (`prepare` knows how many
+    files a split names; a bad one only makes it fewer). The last, short shard then leaves room for
+    its own header, not a full shard's, so its rows need not move up (a pass over up to a whole shard:
+    400 MB at 224 px) unless images were dropped.
     """
 
     def __init__(self, folder: str | Path, size: int, shard_size: int):
@@ -246,9 +251,11 @@ class ShardWriter:
         self.row_bytes = size * size * 3
         self.reserved = len(shard_header(shard_size, size))   # a full shard's header, the longest
         self.count = 0
+        self.expected: int | None = None        # at most this many images (expect), or not known
         self.shards: list[str] = []
         self._open: Generator | None = None     # the open shard (see _shard), fed one row at a time
         self._refs: list[tuple[ImageCache, int]] = []   # reused rows not written yet (see add_reused)
+        self._finishing: _Finishing | None = None       # the last full shard, being finished (_finish)
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> ShardWriter:
@@ -257,6 +264,14 @@ class ShardWriter:
     def __exit__(self, kind, exc, tb) -> None:
         if kind is not None:
             self.abort()
+
+    def expect(self, count: int) -> None:
+        """At most ``count`` images will be added (in all, this one's ``add`` and ``add_reused``)."""
+        if self.count or self._open is not None or self._refs or self.shards:
+            raise RuntimeError("expect() comes before the first image")
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        self.expected = count
 
     def add(self, array: np.ndarray) -> None:
         if array.shape != (self.size, self.size, 3) or array.dtype != np.uint8:
@@ -290,6 +305,7 @@ class ShardWriter:
             if self._open is None:
                 self._start()
             self._finish()
+        self._wait_finishing()
         write_json(self.folder / ImageCache.INDEX, {"image_size": self.size, "count": self.count,
                                                     "shard_size": self.shard_size, "shards": self.shards})
         return self.folder
@@ -297,6 +313,9 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the open shard (its temporary file is removed; finished shards stay)."""
         shard, self._open, self._refs = self._open, None, []
+        finishing, self._finishing = self._finishing, None
+        if finishing is not None:
+            finishing.thread.join()        # its own error, if any, is not the one being handled
         if shard is not None:
             shard.close()
 
@@ -304,7 +323,12 @@ class ShardWriter:
         if self._open is None:
             self._start()
         self._open.send(np.ascontiguousarray(array))
-        self.count += 1
+        self._count_rows(1)
+
+    def _count_rows(self, rows: int) -> None:
+        self.count += rows
+        if self.expected is not None and self.count > self.expected:
+            raise RuntimeError(f"{self.folder}: {self.count} images, more than the {self.expected} expected")
         if self.count % self.shard_size == 0:
             self._finish()
 
@@ -326,10 +350,14 @@ class ShardWriter:
         if not refs:
             return
         cache, first = refs[0]
-        for start in range(0, len(refs), _REUSED_ROWS_PER_READ):
-            rows = range(first + start, first + min(len(refs), start + _REUSED_ROWS_PER_READ))
-            for array in cache[list(rows)].numpy():
-                self._append(array)
+        # they begin a new shard here and come from one shard there (_continues_refs), consecutive: one
+        # run of bytes of that file, copied by the kernel (no pass through this process's memory)
+        number = first // cache.shard_size
+        source = cache.folder / cache.shards[number]
+        offset = cache._starts[number] + (first - number * cache.shard_size) * cache.row_bytes
+        self._start()
+        self._open.send(_Run(source, offset, len(refs) * self.row_bytes))
+        self._count_rows(len(refs))
 
     def _link_refs(self) -> None:
         """The pending rows are a whole shard of their cache: that file, hard-linked (copied where links
@@ -349,38 +377,114 @@ class ShardWriter:
         self._refs = []
 
     def _start(self) -> None:
-        name = SHARD_NAME.format(len(self.shards))
-        self._open = self._shard(self.folder / name)
+        number = len(self.shards)
+        name = SHARD_NAME.format(number)
+        reserved = self.reserved
+        if self.expected is not None and self.expected - number * self.shard_size < self.shard_size:
+            # the last shard: room for its own header (a header never gets shorter with more rows)
+            reserved = len(shard_header(max(0, self.expected - number * self.shard_size), self.size))
+        self._open = self._shard(self.folder / name, reserved)
         next(self._open)
         self.shards.append(name)
 
     def _finish(self) -> None:
+        """Finish the open shard (header, then ``fsync`` and rename: tasks/core/atomic.py) on a thread,
+        while the next one is written: waiting for the disk to take a whole shard (617 MB at 224 px)
+        held the writer, and with it the decoding processes, which have only a few images of room
+        ahead of it. One shard finishes at a time; ``close`` waits for the last."""
         shard, self._open = self._open, None
-        try:
-            shard.send(None)
-        except StopIteration:
-            return
-        raise RuntimeError("a shard did not finish")   # pragma: no cover
+        self._wait_finishing()
+        self._finishing = _Finishing(shard)
 
-    def _shard(self, target: Path) -> Generator[None, np.ndarray | None, None]:
-        """One shard file, open while its rows come: ``send(row)`` appends one, ``send(None)`` writes the
-        header and renames the file into place; ``close()`` (an error) removes the temporary file."""
+    def _wait_finishing(self) -> None:
+        finishing, self._finishing = self._finishing, None
+        if finishing is not None:
+            finishing.wait()
+
+    def _shard(self, target: Path, reserved: int) -> Generator[None, np.ndarray | _Run | None, None]:
+        """One shard file, open while its rows come: ``send(row)`` appends one, ``send(_Run(...))`` the
+        rows of a run of another shard's bytes, ``send(None)`` writes the header and renames the file
+        into place; ``close()`` (an error) removes the temporary file. ``reserved``: the bytes left for
+        the header before the first row."""
         with atomic_path(target) as tmp, open(tmp, "r+b") as handle:
-            handle.seek(self.reserved)
+            handle.seek(reserved)
             rows = 0
             while (row := (yield)) is not None:
+                if isinstance(row, _Run):
+                    handle.flush()
+                    _copy_run(row, handle.fileno(), handle.tell())
+                    handle.seek(row.length, os.SEEK_CUR)
+                    rows += row.length // self.row_bytes
+                    continue
                 handle.write(memoryview(row).cast("B"))
                 rows += 1
             header = shard_header(rows, self.size)
-            if len(header) < self.reserved:        # a short last shard: its rows move up behind its header
+            if len(header) > reserved:                # pragma: no cover (expect() bounds the rows)
+                raise AssertionError(f"{target}: a header of {len(header)} bytes in {reserved}")
+            if len(header) < reserved:        # a short last shard: its rows move up behind its header
                 handle.flush()
-                fd, shift, end = handle.fileno(), self.reserved - len(header), self.reserved + rows * self.row_bytes
-                for position in range(self.reserved, end, _COPY_BLOCK):
+                fd, shift, end = handle.fileno(), reserved - len(header), reserved + rows * self.row_bytes
+                for position in range(reserved, end, _COPY_BLOCK):
                     block = os.pread(fd, min(_COPY_BLOCK, end - position), position)
                     os.pwrite(fd, block, position - shift)
                 os.ftruncate(fd, end - shift)
             handle.seek(0)
             handle.write(header)
+
+
+class _Finishing:
+    """A shard's generator sent its last ``None`` on a thread; ``wait`` raises what it raised."""
+
+    def __init__(self, shard: Generator):
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(shard,), name="shard-finish", daemon=True)
+        self.thread.start()
+
+    def _run(self, shard: Generator) -> None:
+        try:
+            shard.send(None)
+        except StopIteration:
+            return
+        except BaseException as exc:     # noqa: BLE001 (handed to the writer's thread by wait)
+            self.error = exc
+            return
+        self.error = RuntimeError("a shard did not finish")   # pragma: no cover
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+class _Run(NamedTuple):
+    """``length`` bytes of rows at ``offset`` of the shard file ``path``."""
+    path: Path
+    offset: int
+    length: int
+
+
+def _copy_run(run: _Run, fd: int, position: int) -> None:
+    """Copy ``run`` into the open file ``fd`` at ``position``: ``os.copy_file_range`` (the kernel copies,
+    or shares the blocks where the file system can), else positional reads and writes of a block at a
+    time. The source must still hold those bytes (it is a shard a ``read_shard_layout`` checked)."""
+    with open(run.path, "rb") as source:
+        src, done = source.fileno(), 0
+        copy_range = getattr(os, "copy_file_range", None)
+        while done < run.length:
+            got = 0
+            if copy_range is not None:
+                try:
+                    got = copy_range(src, fd, run.length - done, run.offset + done, position + done)
+                except OSError:      # not across these file systems: copy it here
+                    copy_range = None
+                    continue
+            else:
+                block = os.pread(src, min(_COPY_BLOCK, run.length - done), run.offset + done)
+                got = len(block) and os.pwrite(fd, block, position + done)
+            if got <= 0:
+                raise _bad_shard(run.path, f"ends before byte {run.offset + run.length} (changed while it "
+                                           "was being reused?)")
+            done += got
 
 
 def write_cache(folder: str | Path, arrays, size: int, shard_size: int) -> Path:

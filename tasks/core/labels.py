@@ -93,11 +93,11 @@ def parse_bits(field_value: str) -> tuple[int, ...] | str:
     bad = [p for p in parts if p not in ("0", "1")]
     if bad:
         return f"has non-binary value {bad[0]!r}"
-    return tuple(int(p) for p in parts)
+    return tuple(map(int, parts))
 
 
 def pedestrian_key(bits: Iterable[int]) -> str:
-    return "pedestrian:" + "".join(str(b) for b in bits)
+    return "pedestrian:" + "".join(map(str, bits))
 
 
 def bits_from_key(key: str) -> tuple[int, ...]:
@@ -160,14 +160,7 @@ class Folder:
 
     def find(self, name: str) -> str | None:
         """The name of the file for ``name``; names may lack their extension (``090000``)."""
-        if self._is_file(name):
-            return name
-        if PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
-            for extension in IMAGE_EXTENSIONS:
-                for ext in (extension, extension.upper()):
-                    if self._is_file(name + ext):
-                        return name + ext
-        return None
+        return next((candidate for candidate in _file_names(name) if self._is_file(candidate)), None)
 
     def files(self) -> list[Path]:
         """Every file (links to files included), sorted by name."""
@@ -184,16 +177,17 @@ class Folder:
 def resolve_image(images_dir: Path, name: str) -> Path | None:
     """The file for ``name`` in ``images_dir``; names may lack their extension (``090000``). One file:
     ``Folder(images_dir, root).find`` answers for many."""
-    candidate = images_dir / name
-    if candidate.is_file():
-        return candidate
-    if PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
+    return next((images_dir / c for c in _file_names(name) if (images_dir / c).is_file()), None)
+
+
+def _file_names(name: str) -> Iterator[str]:
+    """The file names a label's image name may stand for, in the order tried: the name itself, then,
+    when it has no image extension (``090000``), the name with each one, lower then upper case."""
+    yield name
+    if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
         for extension in IMAGE_EXTENSIONS:
-            for ext in (extension, extension.upper()):
-                candidate = images_dir / (name + ext)
-                if candidate.is_file():
-                    return candidate
-    return None
+            yield name + extension
+            yield name + extension.upper()
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, str | InputError]]:

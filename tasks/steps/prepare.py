@@ -12,8 +12,9 @@ workers.
 Incremental: each split also records the SHA-256 of every cached image's file (``sources.safetensors``,
 with the decoder's fingerprint: tasks/core/decode.py ``fingerprint``). A later prepare into the same
 folder (``data/prepared`` is a ``persist`` output in dvc.yaml, so DVC leaves it in place when the stage
-reruns) hashes every file and decodes only those whose digest the previous cache does not hold; the
-others' rows are copied from it. Same bytes and same fingerprint means the same decode, so the result
+reruns) hashes every file (or takes its digest from the file state, ``FileState``, when the file's
+inode, size and times are unchanged since it was hashed) and decodes only those whose digest the
+previous cache does not hold; the others' rows are copied from it. Same bytes and same fingerprint means the same decode, so the result
 is byte-for-byte a full prepare's (tested); the log and the step's result say how many images were
 decoded and how many reused (docs/scale.md). A shard whose rows are all a previous shard's, in order,
 is that file, hard-linked: adding images at the end of a split rewrites only its last shard.
@@ -25,11 +26,14 @@ Output (``data/prepared``, a DVC stage output):
   {train,val,test}/sources.safetensors                  each cached image's file digest and size (reuse)
   vocabulary.json                                       vehicle colours/types/brands from the training labels
   validation_report.json                                every rejected line or image, and the counts
+Beside it, not in it: ``.prepared.prepare-state.safetensors`` (``state_path``), this machine's file state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +168,92 @@ class Previous:
         return self._where[digest]
 
 
+STATE_FORMAT = "trafficlip.prepare-state/1"
+
+
+def state_path(out: Path) -> Path:
+    """Where the file state of a prepare into ``out`` lives: beside it, not in it (``data/prepared`` is a
+    DVC output, and this file describes this machine's files, not the cache)."""
+    return out.parent / f".{out.name}.prepare-state.safetensors"
+
+
+class FileState:
+    """What a prepare knew of each image file: its status (device, inode, size, modification and change
+    times in ns) when it was hashed, and the digest. A later prepare takes a file whose status is the
+    same as the digest it had, without reading it: DVC's own state does this for ``dvc status`` (with
+    inode, size and mtime). The change time is kept as well: a program can set a file's mtime back,
+    not its ctime, which the kernel sets on every write. A file written within ``RACY_NS`` of the state
+    being saved is left out of it (it could change again within the times' resolution, keeping all
+    five numbers), so it is hashed the next time, as git does with its "racily clean" index entries.
+
+    Anything else (no state, another data folder, another file system, a file changed or replaced, a
+    damaged state file) means hashing the file, as without a state: the state makes a prepare faster,
+    never different. It is one safetensors file beside the output (``state_path``), rewritten
+    atomically by each prepare, and holds about 100 bytes per image.
+    """
+
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, path: Path, root: str, logger):
+        self.path, self.root = path, root
+        self.previous: dict[str, tuple[tuple[int, ...], bytes]] = {}
+        self.seen: dict[str, tuple[int, ...]] = {}     # each file's status, taken before it was read
+        self.vouched_for = 0                           # files whose digest came from here (not read)
+        if path.exists():
+            try:
+                self.previous = self._read()
+            except Exception as exc:     # a damaged state only costs the hashing it would have saved
+                logger.warning("not using %s (%s: %s): every file is hashed", path, type(exc).__name__, exc)
+
+    def _read(self) -> dict[str, tuple[tuple[int, ...], bytes]]:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), "np") as handle:
+            if (handle.metadata() or {}).get(STATE_FORMAT) != self.root:
+                return {}
+            names = handle.get_tensor("paths").tobytes().split(b"\0")
+            status, digests = handle.get_tensor("status"), handle.get_tensor("sha256")
+        if status.shape != (len(names), 5) or digests.shape != (len(names), 32):
+            raise ValueError(f"{len(names)} paths, status {list(status.shape)}, sha256 {list(digests.shape)}")
+        return {name.decode("utf-8", "surrogateescape"): (tuple(row), digest.tobytes())
+                for name, row, digest in zip(names, status.tolist(), digests)}
+
+    def vouched(self, path: str) -> bytes | None:
+        """The digest of ``path`` if its status is the one it had when hashed; notes the status."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        status = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        self.seen[path] = status
+        known = self.previous.get(path)
+        if known is None or known[0] != status:
+            return None
+        self.vouched_for += 1
+        return known[1]
+
+    def record(self, result, data: Path) -> None:
+        """Every cached image's file with the status it had before it was read and its digest."""
+        from safetensors.numpy import save_file
+
+        now = time.time_ns()
+        names, status, digests = [], [], []
+        for split_scan in result.splits.values():
+            for relative, digest in zip(split_scan.image_paths, split_scan.image_digests):
+                path = os.path.join(data, relative)
+                seen = self.seen.get(path)
+                if seen is None or now - max(seen[3], seen[4]) < self.RACY_NS:
+                    continue
+                names.append(path.encode("utf-8", "surrogateescape"))
+                status.append(seen)
+                digests.append(digest)
+        with atomic_path(self.path) as tmp:
+            save_file({"paths": np.frombuffer(b"\0".join(names), dtype=np.uint8).copy(),
+                       "status": np.asarray(status, dtype=np.int64).reshape(-1, 5),
+                       "sha256": np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, 32)},
+                      str(tmp), metadata={STATE_FORMAT: self.root})
+
+
 def run(params: dict, data: str | Path, out: str | Path) -> dict:
     logger = log.setup("prepare")
     data, out = Path(data), Path(out)
@@ -177,6 +267,8 @@ def run(params: dict, data: str | Path, out: str | Path) -> dict:
         remove_stale_temporaries(out, name)
     decoder = fingerprint(image_size)
     previous = Previous(out, decoder, logger)
+    remove_stale_temporaries(out.parent, state_path(out).name)
+    state = FileState(state_path(out), str(data), logger)
     if len(previous):
         logger.info("%d image(s) of the previous cache can be reused (same file bytes, same decoder)", len(previous))
 
@@ -191,7 +283,8 @@ def run(params: dict, data: str | Path, out: str | Path) -> dict:
         staged = {split: stack.enter_context(atomic_dir(out / split)) for split in SPLITS}
         writers = {split: stack.enter_context(ShardWriter(staged[split], image_size, shard_size)) for split in SPLITS}
         result = scan(data, image_size=image_size, sink=sink, workers=workers, known=previous.sizes,
-                      progress=lambda it, n, d: log.progress(it, n, d, logger))
+                      progress=lambda it, n, d: log.progress(it, n, d, logger),
+                      expect=lambda split, n: writers[split].expect(n), vouched=state.vouched)
         enforce(result, params["data"]["on_error"], out / PREPARED_VALIDATION_REPORT)
         for split, split_scan in result.splits.items():
             writers[split].close()
@@ -200,11 +293,13 @@ def run(params: dict, data: str | Path, out: str | Path) -> dict:
                         else _labelled_manifest(split, split_scan, image_size))
             write_json_streamed(staged[split] / MANIFEST, manifest)
     write_json(out / VOCABULARY, result.vocabulary.as_dict())
+    state.record(result, data)
     counts = {split: {k: v for k, v in s.items() if k in ("lines", "kept", "quarantined", "images", "queries")}
               for split, s in result.report["splits"].items()}
     reused = sum(s.reused for s in result.splits.values())
     images = sum(len(s.image_paths) for s in result.splits.values())
-    logger.info("prepared %s; %d problem(s) quarantined; %d image(s) decoded, %d reused from the previous cache",
-                counts, result.report["problems"], images - reused, reused)
+    logger.info("prepared %s; %d problem(s) quarantined; %d image(s) decoded, %d reused from the previous cache "
+                "(%d file(s) not read: unchanged since they were hashed)", counts, result.report["problems"],
+                images - reused, reused, state.vouched_for)
     return {"out": str(out), "counts": counts, "problems": result.report["problems"],
-            "decoded": images - reused, "reused": reused}
+            "decoded": images - reused, "reused": reused, "unread": state.vouched_for}

@@ -110,7 +110,14 @@ def test_write_json_streamed_writes_what_write_json_writes(tmp_path):
     from tasks.core.atomic import StreamedList, write_json, write_json_streamed
 
     rng = random.Random(0)
-    leaves = ["a", 'q"\\\n\t\u2028é', "", None, True, False, 0, -7, 10 ** 20, 1.5, 1e-7, [], {}]
+    class Name(str):
+        pass
+
+    class Count(int):
+        pass
+
+    leaves = ["a", 'q"\\\n\t\u2028é', "", None, True, False, 0, -7, 10 ** 20, 1.5, 1e-7, float("nan"),
+              float("-inf"), [], {}, Name("sub"), Count(3)]
 
     def value(depth=0):
         if depth > 3 or rng.random() < 0.4:

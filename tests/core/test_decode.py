@@ -34,6 +34,52 @@ def test_a_pool_gives_what_one_process_gives_in_order(tiny_raw, tmp_path, size):
     assert all((o.array is not None) == (size is not None) for o in serial if o.error is None)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_arrays_through_shared_memory_or_the_pipes_are_the_same_and_a_larger_size_grows_it(
+        tiny_raw, tmp_path, monkeypatch, shared):
+    """Workers put decoded arrays in memory shared with this process (an unlinked file), or, where it
+    cannot be made, send them through their pipes: the same arrays. A map at a larger size than the
+    workers' memory was made for grows it (the workers map it again); one without a size needs none."""
+    files = _files(tiny_raw, tmp_path, 60)
+    if not shared:
+        monkeypatch.setattr(decode._Slots, "create", classmethod(lambda cls, capacity: None))
+    with decode.Decoder(1) as one, decode.Decoder(2) as two:
+        for size in (12, 40, None, 12):
+            serial = [o.array for o in one.map(files, size)]
+            pooled = [o.array for o in two.map(files, size)]
+            assert all((a is None and b is None) or np.array_equal(a, b) for a, b in zip(serial, pooled, strict=True))
+            if shared:       # copies, not views of memory a later task writes over
+                assert all(b is None or b.flags.owndata for b in pooled)
+        assert (two._slots is not None) == shared
+        if shared:
+            assert two._slots.capacity == 2 * decode.TASKS_IN_FLIGHT_PER_WORKER * decode.IMAGES_PER_TASK * 40 * 40 * 3
+    assert two._slots is None
+
+
+def test_no_room_in_shared_memory_means_the_pipes(tiny_raw, tmp_path, monkeypatch):
+    """The shared memory's pages are allocated up front (a container's /dev/shm is 64 MB): where there
+    is no room, at first or to grow it for a larger size, the arrays come through the pipes instead of
+    a worker dying of SIGBUS, and they are the same."""
+    files = _files(tiny_raw, tmp_path, 30)
+    real = decode._allocate
+
+    def full(fd, size):
+        if size > 2 * decode.TASKS_IN_FLIGHT_PER_WORKER * decode.IMAGES_PER_TASK * 12 * 12 * 3:
+            raise OSError(28, "No space left on device")
+        real(fd, size)
+    monkeypatch.setattr(decode, "_allocate", full)
+    with decode.Decoder(1) as one, decode.Decoder(2) as two:
+        for size in (12, 40, 12):
+            serial = [o.array for o in one.map(files, size)]
+            pooled = [o.array for o in two.map(files, size)]
+            assert all((a is None and b is None) or np.array_equal(a, b) for a, b in zip(serial, pooled, strict=True))
+        assert two._slots is not None and two._slots.capacity == 2 * 4 * 8 * 12 * 12 * 3      # not grown
+    monkeypatch.setattr(decode, "_allocate", lambda fd, size: (_ for _ in ()).throw(OSError(28, "full")))
+    with decode.Decoder(2) as two:
+        assert [o.size for o in two.map(files, 12)] == [o.size for o in decode.Decoder(1).map(files, 12)]
+        assert two._slots is None
+
+
 def test_workers_start_only_as_tasks_need_them(tiny_raw, tmp_path):
     files = _files(tiny_raw, tmp_path, 3)                   # 5 files: one task
     with decode.Decoder(4) as decoder:

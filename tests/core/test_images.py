@@ -227,3 +227,62 @@ def test_an_error_while_writing_leaves_finished_shards_and_no_partial_one(tmp_pa
                        torch.from_numpy(arrays[3:6]))
     with pytest.raises(ValueError, match="expected a uint8 \\[5, 5, 3\\] image"):
         images.ShardWriter(tmp_path / "other", 5, 3).add(np.zeros((5, 5, 3), dtype=np.float32))
+
+
+def _shards_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("count, expected", [(10, 10), (8, 10), (7, 10), (0, 0), (0, 5), (9, 9)])
+def test_a_bound_on_the_count_gives_the_same_files(tmp_path, count, expected):
+    """``expect(n)`` (prepare knows how many files a split names) reserves the last shard's own header, so
+    its rows need not move up; with fewer images than expected (bad files dropped) they move up as
+    before. Either way the files are those written without a bound."""
+    arrays = _random_images(count, 6, seed=count)
+    images.write_cache(tmp_path / "plain", iter(list(arrays)), 6, 3)
+    with images.ShardWriter(tmp_path / "bounded", 6, 3) as writer:
+        writer.expect(expected)
+        for array in arrays:
+            writer.add(array)
+        writer.close()
+    assert _shards_of(tmp_path / "bounded") == _shards_of(tmp_path / "plain")
+
+
+def test_more_images_than_expected_is_an_error_not_a_bad_shard(tmp_path):
+    arrays = _random_images(5, 4, seed=1)
+    with pytest.raises(RuntimeError, match="5 images, more than the 4 expected"):
+        with images.ShardWriter(tmp_path / "cache", 4, 3) as writer:
+            writer.expect(4)
+            for array in arrays:
+                writer.add(array)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["images-00000.safetensors"]
+    with pytest.raises(RuntimeError, match="before the first image"):
+        writer = images.ShardWriter(tmp_path / "late", 4, 3)
+        writer.add(arrays[0])
+        writer.expect(4)
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_reused_rows_are_copied_byte_for_byte_with_or_without_the_kernels_copy(tmp_path, monkeypatch, kernel_copy):
+    """A run of reused rows (a previous cache's short last shard, then new images: the incremental
+    prepare's case) is copied file to file by ``os.copy_file_range``, or by reads and writes where the
+    system refuses it; the cache is what writing every row gives."""
+    old = _random_images(7, 5, seed=4)
+    images.write_cache(tmp_path / "old", iter(list(old)), 5, 3)
+    previous = images.ImageCache(tmp_path / "old")
+    new = _random_images(3, 5, seed=5)
+    if not kernel_copy:
+        def refused(*args):
+            raise OSError(18, "Invalid cross-device link")
+        monkeypatch.setattr(images.os, "copy_file_range", refused, raising=False)
+    with images.ShardWriter(tmp_path / "reused", 5, 3) as writer:
+        writer.expect(10)
+        for row in range(7):                  # shards 0 and 1 whole (linked), row 6 starts shard 2
+            writer.add_reused(previous, row)
+        for array in new:
+            writer.add(array)
+        writer.close()
+    images.write_cache(tmp_path / "plain", iter([*old, *new]), 5, 3)
+    assert _shards_of(tmp_path / "reused") == _shards_of(tmp_path / "plain")
+    assert (tmp_path / "reused" / "images-00000.safetensors").stat().st_ino == \
+        (tmp_path / "old" / "images-00000.safetensors").stat().st_ino

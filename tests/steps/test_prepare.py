@@ -6,6 +6,7 @@ it streamed; a prepare killed mid-way leaves no half-written shard, and the next
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -229,3 +230,70 @@ def test_another_decoder_or_a_damaged_sources_file_means_decoding_everything(raw
     prepare.run(_params(7, 2), raw_copy, tmp_path / "full")
     assert _files(out) == _files(tmp_path / "full")
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The file state: a file whose status (inode, size, times) is unchanged since it was hashed is not read
+# ---------------------------------------------------------------------------------------------
+
+def _count_reads(monkeypatch) -> list[str]:
+    from tasks.core import decode
+    reads: list[str] = []
+    real = decode.read_file
+
+    def counted(path):
+        reads.append(str(path))
+        return real(path)
+    monkeypatch.setattr(decode, "read_file", counted)
+    return reads
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_unchanged_file_is_not_read_again_and_a_rewritten_one_is(raw_copy, tmp_path, monkeypatch, workers):
+    """The third prepare of unchanged data reads no image file (the state vouches for every one). A file
+    rewritten with other bytes of the same length and its modification time set back (what a copy
+    with ``cp -p``, or ``touch -r``, can do) still has a new change time: it is read, found changed,
+    decoded again, and the cache is a full prepare's."""
+    monkeypatch.setattr(prepare.FileState, "RACY_NS", 0)
+    out = tmp_path / "prepared"
+    first = prepare.run(_params(7, workers), raw_copy, out)
+    assert prepare.state_path(out).is_file() and not (out / prepare.state_path(out).name).exists()
+    reads = _count_reads(monkeypatch)
+    again = prepare.run(_params(7, workers), raw_copy, out)
+    assert again["decoded"] == 0 and again["reused"] == again["unread"] == first["decoded"]
+    assert reads == []
+
+    victim = sorted((raw_copy / "train" / "train_images").iterdir())[3]
+    before = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[-3] ^= 0xFF                     # inside the JPEG's last scan: other pixels, same length
+    time.sleep(0.01)
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert victim.stat().st_size == before.st_size and victim.stat().st_mtime_ns == before.st_mtime_ns
+    changed = prepare.run(_params(7, workers), raw_copy, out)
+    assert reads == [str(victim)]
+    assert changed["decoded"] == 1 and changed["unread"] == first["decoded"] - 1
+    prepare.run(_params(7, workers), raw_copy, tmp_path / "full")
+    assert _files(out) == _files(tmp_path / "full")
+
+
+def test_the_state_leaves_out_files_written_just_now_and_a_damaged_state_is_ignored(raw_copy, tmp_path,
+                                                                                   monkeypatch, caplog):
+    """Files written within two seconds of the state being saved are left out of it (they could change
+    again within the times' resolution): the data here was just copied, so the next prepare hashes
+    every file. A damaged state file is a warning, and every file is hashed, with the same cache."""
+    out = tmp_path / "prepared"
+    prepare.run(_params(7, 2), raw_copy, out)
+    reads = _count_reads(monkeypatch)
+    again = prepare.run(_params(7, 2), raw_copy, out)
+    assert again["decoded"] == 0 and len(reads) == again["reused"] and again["unread"] == 0
+
+    prepare.state_path(out).write_bytes(b"\x07" * 30)
+    reads.clear()
+    monkeypatch.setattr(prepare.FileState, "RACY_NS", 0)
+    damaged = prepare.run(_params(7, 2), raw_copy, out)
+    assert "not using" in caplog.text and prepare.state_path(out).name in caplog.text
+    assert damaged["decoded"] == 0 and len(reads) == damaged["reused"]
+    reads.clear()
+    assert prepare.run(_params(7, 2), raw_copy, out)["decoded"] == 0 and reads == []   # rewritten whole
