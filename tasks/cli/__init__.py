@@ -14,13 +14,7 @@ import sys
 import time
 import traceback
 
-from tasks.core.errors import SERVICE_EXIT, USER_EXIT, TrafficlipError, exit_status
-
-
-def _is_mlflow_error(exc: Exception) -> bool:
-    """A failure the MLflow server reported (permissions, limits, lost connection): not a bug here."""
-    mlflow_exceptions = sys.modules.get("mlflow.exceptions")
-    return mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException)
+from tasks.core.errors import SERVICE_EXIT, USER_EXIT, TrafficlipError, exit_status, is_mlflow_error
 
 
 def _report_resources(command: str, seconds: float) -> None:
@@ -48,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trafficlip {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        if _is_mlflow_error(exc):
+        if is_mlflow_error(exc):
             from tasks.mlops.tracking import error_text, shown_uri, tracking_uri
             text = error_text(exc)
             print(f"trafficlip {args.command}: error: MLflow at {shown_uri(tracking_uri())}: {text}",

@@ -12,6 +12,7 @@ Every message is complete on its own: the CLI prints it as one line, without a t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 USER_EXIT = 2
@@ -60,3 +61,10 @@ class InputError(UserError):
         """The JSON form used in validation reports."""
         return {"file": self.file, "line": self.line, "field": self.field,
                 "reason": self.problem, "expected": self.expected}
+
+
+def is_mlflow_error(exc: BaseException) -> bool:
+    """A failure the MLflow server or client reported (permissions, limits, lost connection, a missing
+    model): not a bug here. Imports nothing: an error can only be MLflow's once MLflow is imported."""
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")
+    return mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException)

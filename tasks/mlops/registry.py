@@ -203,8 +203,9 @@ def _save_alias_state(client, name: str, current: dict[str, int] | None = None) 
     return current
 
 
-def _reconcile(client, name: str) -> list[dict]:
-    """Record every alias change made outside trafficlip since its last look (hold the lock)."""
+def reconcile(client, name: str) -> list[dict]:
+    """Record every alias change made outside trafficlip since its last look (hold the lock:
+    ``registry_lock``); the changes recorded. ``sync_aliases`` and the webhook receiver use it."""
     model = client.get_registered_model(name)        # one read: its aliases and tags
     current = {alias: int(version) for alias, version in model.aliases.items()}
     known = _alias_state(model.tags)
@@ -256,9 +257,9 @@ def _look(client, name: str) -> tuple[list[dict], dict[str, int], list[str]] | N
     from mlflow.exceptions import MlflowException
     try:
         with registry_lock(name):
-            return _reconcile(client, name), _aliases(client, name), conflicts(client, name)
+            return reconcile(client, name), _aliases(client, name), conflicts(client, name)
     except MlflowException as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             return None
         raise
 
@@ -285,7 +286,8 @@ def sync_aliases(params: dict) -> dict:
             "champion_changed": any(c["alias"] == CHAMPION for c in changes), "conflicts": problems}
 
 
-def _is_missing(exc: Exception) -> bool:
+def is_missing(exc: Exception) -> bool:
+    """Whether an MLflow error says the model, version or alias does not exist."""
     return getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 
@@ -315,7 +317,7 @@ def _keep_lowest(client, name: str, versions: list):
         try:
             client.delete_model_version(name, version.version)
         except MlflowException as exc:
-            if not _is_missing(exc):  # another process deleted it first
+            if not is_missing(exc):  # another process deleted it first
                 raise
     return keep
 
@@ -548,7 +550,7 @@ def promote(params: dict, registration: str | Path, out: str | Path, data: str |
     name, version = registered["registered_model"], int(registered["version"])
     client = tracking.connect()
     with registry_lock(name):
-        manual = _reconcile(client, name)
+        manual = reconcile(client, name)
         before = _aliases(client, name)
         decision = _decide(client, name, version, params, Path(data) if data else None)
         _apply(client, name, decision)
@@ -574,7 +576,7 @@ def rollback(params: dict, out: str | Path) -> dict:
     name = _check_name(params["mlflow"]["registered_model"])
     client = tracking.connect()
     with registry_lock(name):
-        _reconcile(client, name)
+        reconcile(client, name)
         current = _aliases(client, name).get(CHAMPION)
         if current is None:
             raise UserError(f"registered model {name!r} has no champion to roll back")

@@ -17,7 +17,7 @@ The receiver (``trafficlip webhook-receiver``) is a small HTTP server that
    replayed (a delivery id it has already processed); the signature is checked first, on the raw
    bytes, in constant time, before anything is parsed;
 2. on an alias event of the configured registered model's ``@champion`` or ``@challenger``, runs the
-   registry's reconciliation (``registry._reconcile`` under ``registry.registry_lock``, as
+   registry's reconciliation (``registry.reconcile`` under ``registry.registry_lock``, as
    ``trafficlip sync-aliases`` does): the move is recorded on the version as ``manual, ungated``,
    once, whichever of the receiver, the registry-watch DAG or a trafficlip command sees it first;
    gated moves (``trafficlip promote``/``rollback``) are already recorded and are not announced here;
@@ -51,7 +51,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from tasks.core import log
-from tasks.core.errors import ServiceError, TrafficlipError, UserError
+from tasks.core.errors import ServiceError, TrafficlipError, UserError, is_mlflow_error
 from tasks.mlops import registry, tracking
 
 SIGNATURE_HEADER = "X-MLflow-Signature"
@@ -262,11 +262,6 @@ class Airflow:
 
 # --- the receiver ------------------------------------------------------------------------------
 
-def _is_mlflow_error(exc: Exception) -> bool:
-    from mlflow.exceptions import MlflowException
-    return isinstance(exc, MlflowException)
-
-
 @dataclass
 class Receiver:
     """What a delivery does; the HTTP server (:func:`serve`) only reads requests and writes answers."""
@@ -314,7 +309,7 @@ class Receiver:
             self.replays.release(delivery_id)
             if isinstance(exc, TrafficlipError):      # the registry lock or the store: said in one line
                 text, status = str(exc), 503
-            elif _is_mlflow_error(exc):               # MLflow down or failing
+            elif is_mlflow_error(exc):               # MLflow down or failing
                 text, status = f"MLflow at {tracking.shown_uri(tracking.tracking_uri())}: {tracking.error_text(exc)}", 503
             else:                                     # a bug: its traceback in the log
                 self.logger.exception("delivery %s: internal error", delivery_id)
@@ -342,7 +337,7 @@ class Receiver:
             self.logger.info("delivery %s ignored: %s", delivery_id, ignored)
             return {"ignored": ignored}
         with registry.registry_lock(name):
-            changes = registry._reconcile(self.client, name)
+            changes = registry.reconcile(self.client, name)
             moved = next((c for c in changes if c["alias"] == registry.CHAMPION and c["to"] is not None), None)
             if moved:
                 key = f"{name}@champion:{moved['from']}->{moved['to']}:{moved['detected_at']}:{delivery_id}"
@@ -367,7 +362,7 @@ class Receiver:
             try:
                 text = self.client.get_registered_model(self.registered_model).tags.get(PENDING)
             except MlflowException as exc:
-                if not registry._is_missing(exc):
+                if not registry.is_missing(exc):
                     raise
                 text = None                    # no such registered model (yet): nothing to announce
             if not text:
