@@ -88,7 +88,7 @@ ablate: $(STAMP)
 compose-tool:
 	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose)
 
-# `make test`: every test but the container ones, the service, browser and end-to-end ones included (17 to 22
+# `make test`: every test but the container ones, the service, browser and end-to-end ones included (17 to 25
 # minutes on 2 quiet cores). `make test-fast`: the unit tests only (pyproject.toml's markers: not service, browser, e2e
 # or containers), the inner loop. `make test-containers`: the container tests (below).
 test: $(STAMP) compose-tool chromium
