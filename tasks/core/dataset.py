@@ -2,7 +2,7 @@
 line, field and reason, every image referenced decoded once (padded and resized when a size is given).
 
 ``scan`` streams: each split's images are decoded in order (on ``workers`` processes:
-tasks/core/decode.py) and each prepared array goes to ``sink(split, array, digest)`` as it comes, never
+tasks/core/decode.py) and each prepared array goes to ``sink.add(split, array, digest)`` as it comes, never
 into a list, so scanning holds the labels and each image's name and original size, not its pixels: memory
 does not grow with the images' size or number. ``enforce`` applies ``data.on_error``: ``fail`` stops
 (the report is written first), ``quarantine`` goes on without the bad rows. Always: input rows = kept
@@ -14,21 +14,29 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
 from tasks.core import labels
 from tasks.core.atomic import write_json
-from tasks.core.decode import Decoded, Decoder
+from tasks.core.decode import Decoded, Decoder, FileState
 from tasks.core.errors import InputError, UserError
 from tasks.core.labels import IMAGE_EXTENSIONS, Query, Record, Vocabulary
 
 ON_ERROR = ("fail", "quarantine")
 
-# (split, prepared uint8 [S, S, 3] image, SHA-256 of its file or None), in cache order; the image is None
-# when the file's digest was known (``scan(known=...)``): the sink has that image already
-Sink = Callable[[str, np.ndarray | None, bytes | None], None]
+
+class Sink(Protocol):
+    """Where ``scan`` puts each prepared image, in each split's cache order."""
+
+    def expect(self, split: str, count: int) -> None:
+        """Before the split's first image: at most ``count`` will come (the files its labels or folder
+        name; a bad one does not come)."""
+
+    def add(self, split: str, array: np.ndarray | None, digest: bytes | None) -> None:
+        """One image: uint8 [S, S, 3], and the SHA-256 of its file (None without ``known``). The array
+        is None when the file's digest was known (``scan(known=...)``): the sink has that image."""
 
 
 @dataclass
@@ -37,6 +45,7 @@ class SplitScan:
     image_paths: list[str] = field(default_factory=list)       # unique decoded images, in first-seen order
     image_sizes: list[tuple[int, int]] = field(default_factory=list)   # original (width, height)
     image_digests: list[bytes] = field(default_factory=list)    # SHA-256 of each image's file (with known)
+    image_status: list[bytes | None] = field(default_factory=list)   # each file's status (with a state)
     queries: list[Query] = field(default_factory=list)          # test split only
     reused: int = 0                                              # images whose digest was known: not decoded
 
@@ -55,18 +64,16 @@ class Scan:
 
 def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None = None, workers: int = 1,
          progress: Callable | None = None, known: Mapping[bytes, tuple[int, int]] | None = None,
-         expect: Callable[[str, int], None] | None = None,
-         vouched: Callable[[str], bytes | None] | None = None) -> Scan:
+         state: FileState | None = None) -> Scan:
     """Parse labels and decode every referenced image once, on ``workers`` processes (0: every core).
 
-    With ``image_size``, each decoded image is padded, resized and handed to ``sink(split, array,
-    digest)``, in the order of the split's ``image_paths`` (the cache's order); nothing keeps the arrays.
+    With ``image_size``, each decoded image is padded, resized and handed to ``sink`` (:class:`Sink`),
+    in the order of the split's ``image_paths`` (the cache's order); nothing keeps the arrays.
     With ``known`` (SHA-256 of a file's bytes -> that image's original (width, height); may be empty),
     every file is hashed (``image_digests``) and a file whose digest is known is not decoded: its size
-    comes from ``known`` and the sink gets None for the array.
-    ``expect(split, n)``, before a split's first image reaches the sink: at most ``n`` will (the files
-    its labels or folder name; a bad one is not sunk). ``vouched``: see ``Decoder``; files are named to
-    it as ``os.path.join(root, relative path)``.
+    comes from ``known`` and the sink gets None for the array. ``state`` (with ``known``): see
+    ``Decoder``; files are named to it as ``os.path.join(root, relative path)``, and each image's status
+    is kept in ``image_status``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -77,7 +84,7 @@ def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None =
     rejected: list[dict] = []
     splits: dict[str, SplitScan] = {}
     summary: dict[str, dict] = {}
-    with Decoder(workers, None if known is None else frozenset(known), vouched) as decoder:
+    with Decoder(workers, None if known is None else frozenset(known), state) as decoder:
         for split in labels.SPLITS:
             parsed = labels.read_split(root, split)
             for error in parsed.errors:
@@ -87,8 +94,8 @@ def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None =
             decoded: set[str] = set()
             items = parsed.records
             unique = list(dict.fromkeys(record.image_path for record in items))   # first-seen order
-            if expect is not None:
-                expect(split, len(unique))
+            if sink is not None:
+                sink.expect(split, len(unique))
             outcomes = decoder.map((os.path.join(root, path) for path in unique), image_size)
             for record in (progress(items, len(items), f"decode {split}") if progress else items):
                 path = record.image_path
@@ -114,7 +121,7 @@ def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None =
             splits[split] = result
         vocabulary = labels.extract_vocabulary(splits["train"].records)
         splits["test"], summary["test"] = _scan_test(root, image_size, vocabulary, rejected, progress, decoder, sink,
-                                                     known, expect)
+                                                     known)
     report = {"data": str(root), "splits": summary, "vocabulary": vocabulary.as_dict(),
               "rejected": rejected, "problems": len(rejected)}
     return Scan(root, report, splits, vocabulary)
@@ -127,6 +134,7 @@ def _take(outcome: Decoded, split: str, relative: str, result: SplitScan, sink: 
     if outcome.error is not None:
         return outcome.error
     result.image_paths.append(relative)
+    result.image_status.append(outcome.status)
     if outcome.reused:
         result.image_sizes.append(tuple(known[outcome.digest]))
         result.reused += 1
@@ -135,14 +143,13 @@ def _take(outcome: Decoded, split: str, relative: str, result: SplitScan, sink: 
     if outcome.digest is not None:
         result.image_digests.append(outcome.digest)
     if sink is not None and (outcome.array is not None or outcome.reused):
-        sink(split, outcome.array, outcome.digest)
+        sink.add(split, outcome.array, outcome.digest)
     return None
 
 
 def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejected: list[dict],
                progress: Callable | None, decoder: Decoder, sink: Sink | None,
-               known: Mapping[bytes, tuple[int, int]] | None,
-               expect: Callable[[str, int], None] | None = None) -> tuple[SplitScan, dict]:
+               known: Mapping[bytes, tuple[int, int]] | None) -> tuple[SplitScan, dict]:
     result = SplitScan()
     text_file = root / "test" / "test_text.txt"
     image_dir = root / "test" / "test_images"
@@ -164,8 +171,8 @@ def _scan_test(root: Path, image_size: int | None, vocabulary: Vocabulary, rejec
                          "field": "image", "reason": "test image folder not found", "expected": "test/test_images/"})
     # which files are decoded is known before decoding any: the rest are refused by name or place
     refused = {path: _refusal(path, folder) for path in files}
-    if expect is not None:
-        expect("test", sum(r is None for r in refused.values()))
+    if sink is not None:
+        sink.expect("test", sum(r is None for r in refused.values()))
     outcomes: Iterator[Decoded] = decoder.map((p for p in files if refused[p] is None), image_size)
     quarantined = 0
     for path in (progress(files, len(files), "decode test") if progress else files):

@@ -14,6 +14,7 @@ whole dataset through it: tasks/core/dataset.py).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import mmap
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -146,12 +147,26 @@ class Decoded(NamedTuple):
 
     With known digests (``Decoder(known=...)``): ``digest`` is the SHA-256 of the file's bytes (the
     bytes that were decoded), and ``reused`` says the digest was known, so the file was read and
-    hashed but not decoded (``array`` and ``size`` are None: the caller has them)."""
+    hashed but not decoded (``array`` and ``size`` are None: the caller has them). With a file state
+    (``Decoder(state=...)``): ``status``, what the state said of the file before it was read."""
     array: np.ndarray | None
     size: tuple[int, int] | None
     error: dict | None
     digest: bytes | None = None
     reused: bool = False
+    status: bytes | None = None
+
+
+class FileState(Protocol):
+    """What can vouch for a file's digest without reading it (`prepare`'s file state)."""
+
+    def look(self, path: str) -> tuple[bytes | None, bytes | None]:
+        """The file's status now (None: it cannot be had), and the digest it had when last hashed with
+        that same status (None: unknown, or changed since)."""
+
+
+def _unlooked(path: str) -> tuple[None, None]:
+    return None, None
 
 
 def read_file(path: str | Path) -> bytes:
@@ -222,17 +237,15 @@ class Decoder:
     window of decoded images whatever the number of files. Workers start as tasks need them (up to
     ``workers``), serve every later ``map``, and stop on ``close`` (or leaving the ``with``).
 
-    ``vouched(path)`` (with ``known``): the digest a file has without reading it, when something can
-    vouch for it (`prepare`'s file state: its size, times and inode unchanged since it was hashed), or
-    None. It is asked once per file, in order, before the file is read (so it may note the file's
-    status first); a vouched digest that is known is reused with no read at all.
+    ``state`` (with ``known``; :class:`FileState`): looked at once per file, in order, before the file
+    is read; each outcome carries the status it gave (``Decoded.status``), and a file whose vouched
+    digest is known is reused with no read at all.
     """
 
-    def __init__(self, workers: int = 1, known: frozenset[bytes] | None = None,
-                 vouched: Callable[[str], bytes | None] | None = None):
+    def __init__(self, workers: int = 1, known: frozenset[bytes] | None = None, state: FileState | None = None):
         self.workers = resolve_workers(workers)
         self.known = None if known is None else frozenset(known)
-        self.vouched = vouched if known is not None else None
+        self.look = state.look if state is not None and known is not None else _unlooked
         self._pool: list[_Worker] = []
         self._done = threading.Condition()
         self._results: dict[int, tuple] = {}
@@ -258,38 +271,48 @@ class Decoder:
 
     def map(self, paths: Iterable[str | Path], size: int | None) -> Iterator[Decoded]:
         """Each path's :class:`Decoded`, in order."""
-        vouched = self.vouched or (lambda path: None)
+        look = self.look
         if self.workers == 1:
-            for path in paths:
-                digest = vouched(str(path))
-                yield (Decoded(None, None, None, digest, True) if digest is not None and digest in self.known
-                       else decode_file(path, size, self.known))
+            for path in map(str, paths):
+                status, digest = look(path)
+                if digest is not None and digest in self.known:
+                    yield Decoded(None, None, None, digest, True, status)
+                else:
+                    yield decode_file(path, size, self.known)._replace(status=status)
             return
         if not self.known:      # nothing to reuse (a first prepare): the workers hash what they decode
-            yield from self._map((p for p in map(str, paths) if vouched(p) or True), size)
+            statuses: collections.deque = collections.deque()   # of the files handed out, not yet yielded
+
+            def looked(names: Iterable[str]) -> Iterator[str]:
+                for name in names:
+                    statuses.append(look(name)[0])
+                    yield name
+
+            for outcome in self._map(looked(map(str, paths)), size):
+                yield outcome._replace(status=statuses.popleft())
             return
         # With known digests, every file is hashed here first (a read and a SHA-256: about 12 us for a
         # demo image, the hashing outside the GIL) and only the others go to the workers: a known file
         # then costs no message to a worker and back, which was most of an incremental prepare.
         paths = [str(p) for p in paths]
-        early: list[bytes | dict | None] = []      # the known file's digest, a read error, or None: decode
-        for path in paths:
-            digest = vouched(path)
+        early: list[tuple[bytes | None, bytes | dict | None]] = []
+        for path in paths:      # (status, the known file's digest, a read error, or None: decode)
+            status, digest = look(path)
             if digest is None:
                 try:
                     digest = hashlib.sha256(read_file(path)).digest()
                 except InputError as exc:
-                    early.append(exc.as_dict())
+                    early.append((status, exc.as_dict()))
                     continue
-            early.append(digest if digest in self.known else None)
-        rest = self._map((p for p, e in zip(paths, early) if e is None), size)
-        for entry in early:
-            if entry is None:
-                yield next(rest)          # decoded (and hashed again, from the bytes it decoded)
+            early.append((status, digest if digest in self.known else None))
+        rest = self._map((p for p, (_, e) in zip(paths, early) if e is None), size)
+        for status, entry in early:
+            if entry is None:       # decoded (and hashed again, from the bytes it decoded)
+                yield next(rest)._replace(status=status)
             elif isinstance(entry, dict):
-                yield Decoded(None, None, entry)
+                yield Decoded(None, None, entry, status=status)
             else:
-                yield Decoded(None, None, None, entry, True)
+                yield Decoded(None, None, None, entry, True, status)
         for _ in rest:
             raise AssertionError("a decoded image without its file")    # pragma: no cover
 
@@ -337,15 +360,14 @@ class Decoder:
     def _slots_for(self, window: int, size: int | None) -> _Slots | None:
         """Shared memory with room for ``window`` tasks' arrays of ``size`` px (made, or grown, before
         any task of this map is handed out); None without a size, or where it cannot be made (the
-        arrays then come through the pipes)."""
-        if not size:
+        arrays then come through the pipes). It is made before the first worker starts, whether or not
+        this map has a size (a page, then), since workers get it when they start."""
+        need = window * IMAGES_PER_TASK * size * size * 3 if size else 0
+        if self._slots is None and not self._pool:
+            self._slots = _Slots.create(max(need, mmap.PAGESIZE))
+        if not size or self._slots is None:
             return None
-        need = window * IMAGES_PER_TASK * size * size * 3
-        if self._slots is None:
-            if self._pool:                 # workers started without it keep the pipes
-                return None
-            self._slots = _Slots.create(need)
-        elif self._slots.capacity < need and not self._slots.grow(need):
+        if self._slots.capacity < need and not self._slots.grow(need):
             return None                    # no room for the larger arrays: this map uses the pipes
         return self._slots                 # (each worker maps a grown file when a task needs it)
 

@@ -423,11 +423,9 @@ class ShardWriter:
                 raise AssertionError(f"{target}: a header of {len(header)} bytes in {reserved}")
             if len(header) < reserved:        # a short last shard: its rows move up behind its header
                 handle.flush()
-                fd, shift, end = handle.fileno(), reserved - len(header), reserved + rows * self.row_bytes
-                for position in range(reserved, end, _COPY_BLOCK):
-                    block = os.pread(fd, min(_COPY_BLOCK, end - position), position)
-                    os.pwrite(fd, block, position - shift)
-                os.ftruncate(fd, end - shift)
+                fd = handle.fileno()
+                _copy_blocks(fd, fd, reserved, len(header), rows * self.row_bytes)
+                os.ftruncate(fd, len(header) + rows * self.row_bytes)
             handle.seek(0)
             handle.write(header)
 
@@ -479,12 +477,25 @@ def _copy_run(run: _Run, fd: int, position: int) -> None:
                     copy_range = None
                     continue
             else:
-                block = os.pread(src, min(_COPY_BLOCK, run.length - done), run.offset + done)
-                got = len(block) and os.pwrite(fd, block, position + done)
+                got = _copy_blocks(src, fd, run.offset + done, position + done, run.length - done)
             if got <= 0:
                 raise _bad_shard(run.path, f"ends before byte {run.offset + run.length} (changed while it "
                                            "was being reused?)")
             done += got
+
+
+def _copy_blocks(src: int, dst: int, src_offset: int, dst_offset: int, length: int) -> int:
+    """Copy ``length`` bytes from ``src_offset`` of the open file ``src`` to ``dst_offset`` of ``dst``, a
+    block at a time with positional reads and writes; ``src`` may be ``dst`` with the bytes moving
+    towards its start (each block is read before anything is written over it). Returns the bytes
+    copied: fewer than ``length`` where the source ends first."""
+    done = 0
+    while done < length:
+        block = os.pread(src, min(_COPY_BLOCK, length - done), src_offset + done)
+        if not block:
+            break
+        done += os.pwrite(dst, block, dst_offset + done)
+    return done
 
 
 def write_cache(folder: str | Path, arrays, size: int, shard_size: int) -> Path:

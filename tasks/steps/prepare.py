@@ -169,7 +169,7 @@ class Previous:
         return self._where[digest]
 
 
-STATE_FORMAT = "trafficlip.prepare-state/1"
+STATE_FORMAT = "trafficlip.prepare-state/2"     # /2: paths relative to the resolved data folder
 # a file's status: device and inode (unsigned), size, modification and change times in ns (signed)
 _STATUS = struct.Struct("<QQqqq")
 
@@ -192,16 +192,19 @@ class FileState:
     Anything else (no state, another data folder, another file system, a file changed or replaced, a
     damaged state file) means hashing the file, as without a state: the state makes a prepare faster,
     never different. It is one safetensors file beside the output (``state_path``), rewritten
-    atomically by each prepare, and holds about 100 bytes per image.
+    atomically by each prepare, and holds about 100 bytes per image: the data folder's resolved path
+    (so ``data/raw`` and its absolute path share one state), and each file by its path in it.
+    The statuses taken during a scan travel with its images (``SplitScan.image_status``), not here.
     """
 
     RACY_NS = 2_000_000_000
 
-    def __init__(self, path: Path, root: str, logger):
-        self.path, self.root = path, root
-        self.previous: dict[str, tuple[tuple[int, ...], bytes]] = {}
-        self.seen: dict[str, bytes] = {}     # each file's status (_STATUS), taken before it was read
-        self.vouched_for = 0                 # files whose digest came from here (not read)
+    def __init__(self, path: Path, data: Path, logger):
+        self.path = path
+        self.root = str(data.resolve())
+        self._prefix = os.path.join(data, "")        # how ``scan`` names the files it looks at
+        self.previous: dict[str, bytes] = {}         # relative path -> status and digest (72 bytes)
+        self.unread = 0                              # files whose digest came from here (not read)
         if path.exists():
             try:
                 self.previous = self._read()
@@ -226,33 +229,32 @@ class FileState:
         return {name.decode("utf-8", "surrogateescape"): rows[i * width:(i + 1) * width]
                 for i, name in enumerate(names)}
 
-    def vouched(self, path: str) -> bytes | None:
-        """The digest of ``path`` if its status is the one it had when hashed; notes the status."""
+    def look(self, path: str) -> tuple[bytes | None, bytes | None]:
+        """``path``'s status now, and its digest if that is the status it had when hashed
+        (tasks/core/decode.py ``FileState``)."""
         try:
             st = os.stat(path)
         except OSError:
-            return None
+            return None, None
         status = _STATUS.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        self.seen[path] = status
-        known = self.previous.get(path)
+        known = self.previous.get(path[len(self._prefix):]) if path.startswith(self._prefix) else None
         if known is None or known[:_STATUS.size] != status:
-            return None
-        self.vouched_for += 1
-        return known[_STATUS.size:]
+            return status, None
+        self.unread += 1
+        return status, known[_STATUS.size:]
 
-    def record(self, result, data: Path) -> None:
+    def record(self, result) -> None:
         """Every cached image's file with the status it had before it was read and its digest."""
         from safetensors.numpy import save_file
 
         now = time.time_ns()
         names, status, digests = [], [], []
         for split_scan in result.splits.values():
-            for relative, digest in zip(split_scan.image_paths, split_scan.image_digests):
-                path = os.path.join(data, relative)
-                seen = self.seen.get(path)
+            for relative, seen, digest in zip(split_scan.image_paths, split_scan.image_status,
+                                              split_scan.image_digests, strict=True):
                 if seen is None or now - max(_STATUS.unpack(seen)[3:]) < self.RACY_NS:
                     continue
-                names.append(path.encode("utf-8", "surrogateescape"))
+                names.append(relative.encode("utf-8", "surrogateescape"))
                 status.append(seen)
                 digests.append(digest)
         with atomic_path(self.path) as tmp:
@@ -260,6 +262,23 @@ class FileState:
                        "status": np.frombuffer(b"".join(status), dtype=np.uint8).reshape(-1, _STATUS.size),
                        "sha256": np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, 32)},
                       str(tmp), metadata={STATE_FORMAT: self.root})
+
+
+class _Writers:
+    """``scan``'s sink for a prepare: each split's :class:`ShardWriter`; a reused image's rows come from
+    the previous cache (linked with its whole shard when they can be)."""
+
+    def __init__(self, writers: dict[str, ShardWriter], previous: Previous):
+        self.writers, self.previous = writers, previous
+
+    def expect(self, split: str, count: int) -> None:
+        self.writers[split].expect(count)
+
+    def add(self, split: str, array, digest: bytes | None) -> None:
+        if array is None:
+            self.writers[split].add_reused(*self.previous.where(digest))
+        else:
+            self.writers[split].add(array)
 
 
 def run(params: dict, data: str | Path, out: str | Path) -> dict:
@@ -276,23 +295,16 @@ def run(params: dict, data: str | Path, out: str | Path) -> dict:
     decoder = fingerprint(image_size)
     previous = Previous(out, decoder, logger)
     remove_stale_temporaries(out.parent, state_path(out).name)
-    state = FileState(state_path(out), str(data), logger)
+    state = FileState(state_path(out), data, logger)
     if len(previous):
         logger.info("%d image(s) of the previous cache can be reused (same file bytes, same decoder)", len(previous))
-
-    def sink(split: str, array, digest: bytes) -> None:
-        if array is None:
-            writers[split].add_reused(*previous.where(digest))     # linked with its whole shard when it can be
-        else:
-            writers[split].add(array)
 
     with contextlib.ExitStack() as stack:
         # each split's new folder, swapped in for the old one when the stack closes without an error
         staged = {split: stack.enter_context(atomic_dir(out / split)) for split in SPLITS}
         writers = {split: stack.enter_context(ShardWriter(staged[split], image_size, shard_size)) for split in SPLITS}
-        result = scan(data, image_size=image_size, sink=sink, workers=workers, known=previous.sizes,
-                      progress=lambda it, n, d: log.progress(it, n, d, logger),
-                      expect=lambda split, n: writers[split].expect(n), vouched=state.vouched)
+        result = scan(data, image_size=image_size, sink=_Writers(writers, previous), workers=workers,
+                      known=previous.sizes, state=state, progress=lambda it, n, d: log.progress(it, n, d, logger))
         enforce(result, params["data"]["on_error"], out / PREPARED_VALIDATION_REPORT)
         for split, split_scan in result.splits.items():
             writers[split].close()
@@ -301,13 +313,13 @@ def run(params: dict, data: str | Path, out: str | Path) -> dict:
                         else _labelled_manifest(split, split_scan, image_size))
             write_json_streamed(staged[split] / MANIFEST, manifest)
     write_json(out / VOCABULARY, result.vocabulary.as_dict())
-    state.record(result, data)
+    state.record(result)
     counts = {split: {k: v for k, v in s.items() if k in ("lines", "kept", "quarantined", "images", "queries")}
               for split, s in result.report["splits"].items()}
     reused = sum(s.reused for s in result.splits.values())
     images = sum(len(s.image_paths) for s in result.splits.values())
     logger.info("prepared %s; %d problem(s) quarantined; %d image(s) decoded, %d reused from the previous cache "
                 "(%d file(s) not read: unchanged since they were hashed)", counts, result.report["problems"],
-                images - reused, reused, state.vouched_for)
+                images - reused, reused, state.unread)
     return {"out": str(out), "counts": counts, "problems": result.report["problems"],
-            "decoded": images - reused, "reused": reused, "unread": state.vouched_for}
+            "decoded": images - reused, "reused": reused, "unread": state.unread}

@@ -13,9 +13,24 @@ from tasks.core import dataset, images
 from tasks.core.errors import InputError, UserError
 
 
+class _Collect:
+    """A sink keeping every array, each split's in order; ``expected``: what ``expect`` announced."""
+
+    def __init__(self):
+        self.arrays: dict[str, list[np.ndarray]] = {}
+        self.expected: dict[str, int] = {}
+
+    def expect(self, split, count):
+        assert split not in self.arrays            # before the split's first image
+        self.expected[split] = count
+
+    def add(self, split, array, digest):
+        self.arrays.setdefault(split, []).append(array)
+
+
 def _collecting() -> tuple[dict[str, list[np.ndarray]], dataset.Sink]:
-    arrays: dict[str, list[np.ndarray]] = {}
-    return arrays, lambda split, array, digest: arrays.setdefault(split, []).append(array)
+    sink = _Collect()
+    return sink.arrays, sink
 
 
 def test_a_clean_dataset_is_decoded_once_per_image_at_the_size_asked_for(tiny_raw):
@@ -26,7 +41,7 @@ def test_a_clean_dataset_is_decoded_once_per_image_at_the_size_asked_for(tiny_ra
         scanned = result.splits[split]
         assert scanned.records and len(set(scanned.image_paths)) == len(scanned.image_paths)
         assert {r.image_path for r in scanned.records} == set(scanned.image_paths)
-        assert len(arrays[split]) == len(scanned.image_sizes) == len(scanned.image_paths)
+        assert len(arrays[split]) == len(scanned.image_sizes) == len(scanned.image_paths) == sink.expected[split]
         assert all(a.shape == (32, 32, 3) and a.dtype.name == "uint8" for a in arrays[split])
         first = images.prepare_image(images.load_image(tiny_raw / scanned.image_paths[0]), 32)
         assert np.array_equal(arrays[split][0], first)                     # the sink gets them in order

@@ -39,12 +39,13 @@ def test_arrays_through_shared_memory_or_the_pipes_are_the_same_and_a_larger_siz
         tiny_raw, tmp_path, monkeypatch, shared):
     """Workers put decoded arrays in memory shared with this process (an unlinked file), or, where it
     cannot be made, send them through their pipes: the same arrays. A map at a larger size than the
-    workers' memory was made for grows it (the workers map it again); one without a size needs none."""
+    workers' memory was made for grows it (the workers map it again); one without a size needs none,
+    and a first map without a size (what validate does) still makes it for the maps after it."""
     files = _files(tiny_raw, tmp_path, 60)
     if not shared:
         monkeypatch.setattr(decode._Slots, "create", classmethod(lambda cls, capacity: None))
     with decode.Decoder(1) as one, decode.Decoder(2) as two:
-        for size in (12, 40, None, 12):
+        for size in (None, 12, 40, None, 12):
             serial = [o.array for o in one.map(files, size)]
             pooled = [o.array for o in two.map(files, size)]
             assert all((a is None and b is None) or np.array_equal(a, b) for a, b in zip(serial, pooled, strict=True))

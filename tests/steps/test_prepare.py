@@ -262,6 +262,9 @@ def test_an_unchanged_file_is_not_read_again_and_a_rewritten_one_is(raw_copy, tm
     again = prepare.run(_params(7, workers), raw_copy, out)
     assert again["decoded"] == 0 and again["reused"] == again["unread"] == first["decoded"]
     assert reads == []
+    monkeypatch.chdir(raw_copy.parent)          # the same folder spelt relatively: the same state
+    assert prepare.run(_params(7, workers), Path(raw_copy.name), out)["unread"] == first["decoded"]
+    assert reads == []
 
     victim = sorted((raw_copy / "train" / "train_images").iterdir())[3]
     before = victim.stat()
