@@ -94,7 +94,7 @@ compose-tool:
 test: $(STAMP) compose-tool chromium
 	$(BIN)/python -m pytest -q -m "not containers"
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) compose-tool
 	$(BIN)/python -m pytest -q -m "not (service or browser or e2e or containers)"
 
 clean:
