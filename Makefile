@@ -92,7 +92,7 @@ compose-tool:
 # minutes on 2 quiet cores). `make test-fast`: the unit tests only (pyproject.toml's markers: not service, browser, e2e
 # or containers), the inner loop. `make test-containers`: the container tests (below).
 test: $(STAMP) compose-tool chromium
-	$(BIN)/python -m pytest -q -m "not containers"
+	$(BIN)/python -m pytest -q --durations=15 -m "not containers"
 
 test-fast: $(STAMP) compose-tool
 	$(BIN)/python -m pytest -q -m "not (service or browser or e2e or containers)"
