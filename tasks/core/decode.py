@@ -40,16 +40,16 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # the side an elongated image is shrunk to before padding when its padded square would exceed MAX_PIXELS
 MAX_PADDED_SIDE = 4096
 
-# The pool: plain subprocesses running ``python -c "from tasks.core.decode import serve; serve()"``, fed
-# tasks and read results through pipes (pickle), the decoded arrays through shared memory (_Slots). Why not multiprocessing: with "fork", the child inherits
-# the parent mid-state: the step has imported torch, whose OpenMP and allocator threads and locks a forked
-# child would copy half-held (a known deadlock; Python 3.12 warns on fork with threads). With "spawn" or
-# "forkserver", every worker first re-runs the parent's main script (as ``__mp_main__``): a script
-# without an ``if __name__ == "__main__"`` guard runs the whole job again in each worker, a heredoc
-# (``python - <<EOF``) breaks the pool outright, and a heavy main (Airflow's CLI) loads into every
-# worker. A subprocess is a spawn without that: a fresh interpreter that imports this module (numpy and
-# Pillow, ~0.2 s, ~40 MB) and nothing of the parent, the same on Linux, macOS and Windows. It also ends
-# cleanly when its parent dies, even by SIGKILL: its stdin reaches end-of-file.
+# The pool: plain subprocesses running ``python -c "from tasks.core.decode import serve; serve()"``, fed tasks
+# and read results through pipes (pickle), the decoded arrays through shared memory (_Slots). Why not
+# multiprocessing: with "fork", the child inherits the parent mid-state: the step has imported torch, whose
+# OpenMP and allocator threads and locks a forked child would copy half-held (a known deadlock; Python 3.12
+# warns on fork with threads). With "spawn" or "forkserver", every worker first re-runs the parent's main
+# script (as ``__mp_main__``): a script without an ``if __name__ == "__main__"`` guard runs the whole job
+# again in each worker, a heredoc (``python - <<EOF``) breaks the pool outright, and a heavy main (Airflow's
+# CLI) loads into every worker. A subprocess is a spawn without that: a fresh interpreter that imports this
+# module (numpy and Pillow, ~0.2 s, ~40 MB) and nothing of the parent, the same on Linux, macOS and Windows.
+# It also ends cleanly when its parent dies, even by SIGKILL: its stdin reaches end-of-file.
 IMAGES_PER_TASK = 8              # images a worker decodes per task: amortises the pickling round trip
 TASKS_IN_FLIGHT_PER_WORKER = 4   # tasks handed out ahead per worker: keeps every worker busy, bounds memory
 
@@ -476,9 +476,10 @@ def serve() -> None:
                 if memory is None or len(memory) < offset + len(paths) * size * size * 3:
                     memory = mmap.mmap(shared, os.fstat(shared).st_size)    # made, or grown, by the parent
                 for number, outcome in enumerate(outcomes):
-                    if outcome[0] is not None:
-                        start = offset + number * outcome[0].nbytes
-                        memory[start:start + outcome[0].nbytes] = outcome[0].tobytes()
+                    array = outcome[0]
+                    if array is not None:       # no copy to bytes first: written from the array's memory
+                        start = offset + number * array.nbytes
+                        memory[start:start + array.nbytes] = memoryview(np.ascontiguousarray(array)).cast("B")
                         outcomes[number] = (number, *outcome[1:])
             result = ("ok", outcomes)
         except Exception as exc:

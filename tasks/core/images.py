@@ -168,6 +168,11 @@ class ImageCache:
     def _rows_in(self, number: int) -> int:
         return max(0, min(self.shard_size, self.count - number * self.shard_size))
 
+    def locate(self, index: int) -> tuple[int, int]:
+        """The number of the shard holding image ``index``, and the byte offset of its row in that file."""
+        number = index // self.shard_size
+        return number, self._starts[number] + (index - number * self.shard_size) * self.row_bytes
+
     def __getitem__(self, indices) -> torch.Tensor:
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).numpy()
         if idx.size == 0:
@@ -184,12 +189,11 @@ class ImageCache:
         fds: dict[int, int] = {}
         try:
             for a, b in zip(starts.tolist(), ends.tolist()):
-                number = int(shard_of[a])
+                number, offset = self.locate(int(unique[a]))
                 if number not in fds:
                     fds[number] = self._open(number)
-                row = int(unique[a]) - number * self.shard_size
-                _read_into(fds[number], flat[a * self.row_bytes:b * self.row_bytes],
-                           self._starts[number] + row * self.row_bytes, self.folder / self.shards[number])
+                _read_into(fds[number], flat[a * self.row_bytes:b * self.row_bytes], offset,
+                           self.folder / self.shards[number])
         finally:
             for fd in fds.values():
                 os.close(fd)
@@ -344,19 +348,17 @@ class ShardWriter:
         return cache is first_cache and row == first + len(self._refs)
 
     def _write_refs(self) -> None:
-        """Write the pending reused rows (consecutive rows of one cache: ``_continues_refs``), read a block
-        of them at a time."""
+        """Write the pending reused rows (consecutive rows of one cache: ``_continues_refs``) as one run
+        of bytes of their shard file."""
         refs, self._refs = self._refs, []
         if not refs:
             return
         cache, first = refs[0]
         # they begin a new shard here and come from one shard there (_continues_refs), consecutive: one
         # run of bytes of that file, copied by the kernel (no pass through this process's memory)
-        number = first // cache.shard_size
-        source = cache.folder / cache.shards[number]
-        offset = cache._starts[number] + (first - number * cache.shard_size) * cache.row_bytes
+        number, offset = cache.locate(first)
         self._start()
-        self._open.send(_Run(source, offset, len(refs) * self.row_bytes))
+        self._open.send(_Run(cache.folder / cache.shards[number], offset, len(refs) * self.row_bytes))
         self._count_rows(len(refs))
 
     def _link_refs(self) -> None:

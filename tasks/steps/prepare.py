@@ -14,9 +14,9 @@ with the decoder's fingerprint: tasks/core/decode.py ``fingerprint``). A later p
 folder (``data/prepared`` is a ``persist`` output in dvc.yaml, so DVC leaves it in place when the stage
 reruns) hashes every file (or takes its digest from the file state, ``FileState``, when the file's
 inode, size and times are unchanged since it was hashed) and decodes only those whose digest the
-previous cache does not hold; the others' rows are copied from it. Same bytes and same fingerprint means the same decode, so the result
-is byte-for-byte a full prepare's (tested); the log and the step's result say how many images were
-decoded and how many reused (docs/scale.md). A shard whose rows are all a previous shard's, in order,
+previous cache does not hold; the others' rows are copied from it. Same bytes and same fingerprint
+means the same decode, so the result is byte-for-byte a full prepare's (tested); the log and the
+step's result say how many images were decoded and how many reused (docs/scale.md). A shard whose rows are all a previous shard's, in order,
 is that file, hard-linked: adding images at the end of a split rewrites only its last shard.
 
 Output (``data/prepared``, a DVC stage output):
