@@ -325,8 +325,14 @@ def run_measured(args: list[str], timeout: float = 3600) -> dict:
 
     A peak is a high-water mark the kernel keeps, so the descendants are looked up only every 0.25 s:
     scanning the process table every 20 ms, as this did before, took enough of a core to slow the
-    measured step (more so with two workers on two cores, which skewed their speed-up)."""
+    measured step (more so with two workers on two cores, which skewed their speed-up).
+
+    The dirty pages of what ran before (a prepare writes 7.5 GB at 50,000 images) are written out
+    first (``os.sync``): otherwise the kernel's writeback of the previous step runs during the next
+    one, and an incremental prepare measured right after a full one paid for it (its three runs took
+    4.2 to 5.2 s at 50,000 images)."""
     import psutil
+    os.sync()
     process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--measure", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE.parent)
     peaks: dict[int, float] = {}
@@ -613,11 +619,13 @@ def main() -> int:
             f"prepare   peak of process tree")
         for count, r in incremental_rows.items():
             share = r["seconds"] / prepare_rows[("ours", workers[-1])][count]["seconds"]
-            met = verdict(share <= 0.10 and r["decoded"] == r["added"])
+            # the target is the issue's: 1,000 images (2%) added to 50,000; adding 10% of a dataset is
+            # reported, not judged against it
+            target = (f"target <= 10%, only the added decoded): {verdict(share <= 0.10 and r['decoded'] == r['added'])}"
+                      if r["added"] * 50 <= count else "the 10% target is for 2% added, not judged here)")
             each = " / ".join(f"{x:.1f}" for x in r["all_seconds"])
             say(f"{count:>6} images + {r['added']:>5}   {r['decoded']:>7}   {r['reused']:>6} ({r.get('unread', 0)})   "
-                f"{r['seconds']:>5.1f} ({each})   {share:>6.1%} (target <= 10%, only the added decoded): {met}   "
-                f"{r['tree_peak_mb']:>6.0f} MB")
+                f"{r['seconds']:>5.1f} ({each})   {share:>6.1%} ({target}   {r['tree_peak_mb']:>6.0f} MB")
     say(f"same output (every file's bytes, reference and ours x{'/x'.join(map(str, workers))}, every size): "
         f"{'yes' if all(same_output) else 'NO'}")
     if train_counts:

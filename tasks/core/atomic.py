@@ -134,6 +134,17 @@ class StreamedList:
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+_STR = frozenset({str})
+_BATCH = 1024       # flat dicts of a streamed list encoded in one call of the C encoder
+
+
+def _flat(value) -> bool:
+    """A non-empty dict of str keys and scalar values, or a non-empty list of scalars: what one call of
+    the C encoder writes as the indented encoder does (``_flat_encoder``)."""
+    kind = type(value)
+    if kind is dict:
+        return bool(value) and _SCALARS.issuperset(map(type, value.values())) and _STR.issuperset(map(type, value))
+    return kind is list and bool(value) and _SCALARS.issuperset(map(type, value))
 
 
 @functools.lru_cache(maxsize=None)
@@ -151,8 +162,7 @@ def _json_text(value, level: int) -> str:
     ``json.dumps`` until it joins them). A non-empty dict or list of plain scalars (a manifest's entry
     for an image or a pair) is encoded in one call of the C encoder (``_flat_encoder``)."""
     kind = type(value)
-    if (kind is dict or kind is list) and value and all(type(v) in _SCALARS for v in (
-            value.values() if kind is dict else value)) and (kind is list or all(type(k) is str for k in value)):
+    if (kind is dict or kind is list) and _flat(value):
         text = _flat_encoder(level)(value)         # "{" item ",\n<indent>" item ... "}"
         return text[0] + "\n" + "  " * (level + 1) + text[1:-1] + "\n" + "  " * level + text[-1]
     if isinstance(value, str):
@@ -183,6 +193,17 @@ def _json_text(value, level: int) -> str:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+def _flat_dicts_text(dicts: list[dict], level: int) -> str:
+    """The indented text of flat dicts (``_flat``) at ``level``, as a list's items (joined by the list's
+    separator), from one call of the C encoder: it writes ``[{a,S b},S {c,S d}]`` (S: the item separator
+    of ``level``, with its newline); the indented encoder writes each dict's items after a newline, and
+    the dicts apart. Only a dict's end and the next one's start are ``},S {``: an encoded string holds no
+    newline (it is escaped), and no scalar ends with a brace."""
+    inner, outer = "\n" + "  " * (level + 1), "\n" + "  " * level
+    text = _flat_encoder(level)(dicts)
+    return "{" + inner + text[2:-2].replace("}," + inner + "{", outer + "}," + outer + "{" + inner) + outer + "}"
+
+
 def _json_chunks(value, level: int = 0) -> Iterator[str]:
     """The text of ``value`` in pieces: the top-level dict value by value, and a list (or
     :class:`StreamedList`) among its values item by item."""
@@ -192,10 +213,22 @@ def _json_chunks(value, level: int = 0) -> Iterator[str]:
             yield "[]"
             return
         separator = "[" + inner
+        batch: list[dict] = []      # consecutive flat dicts (a manifest's entries): encoded together
         for item in value:
+            if type(item) is dict and _flat(item):
+                batch.append(item)
+                if len(batch) == _BATCH:
+                    yield separator + _flat_dicts_text(batch, level + 1)
+                    separator, batch = "," + inner, []
+                continue
+            if batch:
+                yield separator + _flat_dicts_text(batch, level + 1)
+                separator, batch = "," + inner, []
             yield separator
             yield _json_text(item, level + 1)
             separator = "," + inner
+        if batch:
+            yield separator + _flat_dicts_text(batch, level + 1)
         yield "\n" + "  " * level + "]"
     elif isinstance(value, dict) and value and level == 0:
         separator = "{" + inner

@@ -29,6 +29,7 @@ _ARTICLES = {"a", "an", "the"}
 _COLOUR_BY_WORD = {c.lower(): c for c in COLOURS} | {"gray": "grey"}
 _TYPE_BY_WORD = {t.lower(): t for t in VEHICLE_TYPES}
 _VECTOR_CHARS = re.compile(r"^[\d\s,.\-+]+$")
+_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def check_image_name(name: str, file: Path, line: int) -> None:
     if not name:
         raise InputError(file, "image name is empty", line=line, field="image",
                          expected="a file name such as 000123.jpg")
-    if (name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or "/" in name or "\\" in name
+    if (name.startswith(("/", "\\")) or _DRIVE.match(name) or "/" in name or "\\" in name
             or name in (".", "..") or "\x00" in name):
         raise InputError(file, f"image name {name!r} is a path, not a file name", line=line,
                          field="image", expected="a plain file name inside the split's image folder")
@@ -160,6 +161,8 @@ class Folder:
 
     def find(self, name: str) -> str | None:
         """The name of the file for ``name``; names may lack their extension (``090000``)."""
+        if self._is_file(name):       # the usual case, the first name tried: no generator
+            return name
         return next((candidate for candidate in _file_names(name) if self._is_file(candidate)), None)
 
     def files(self) -> list[Path]:
@@ -210,7 +213,11 @@ def read_lines(path: Path) -> Iterator[tuple[int, str | InputError]]:
                                      field="line", expected="UTF-8 text")
 
 
-def parse_line(text: str, *, file: Path, line: int, split: str, folder: Folder) -> Record:
+def parse_line(text: str, *, file: Path, line: int, split: str, folder: Folder,
+               attributes: dict[str, tuple] | None = None) -> Record:
+    """One label line's record, or an InputError naming its field. ``attributes`` (attribute text ->
+    what it parsed to) remembers each distinct attribute's parse for the next line with the same text:
+    a label file repeats a few thousand attributes over its 100,000 lines."""
     fields = text.split("$")
     if len(fields) != 3:
         raise InputError(file, f"has {len(fields)} '$'-separated fields", line=line, field="line",
@@ -222,20 +229,12 @@ def parse_line(text: str, *, file: Path, line: int, split: str, folder: Folder) 
     if not attribute:
         raise InputError(file, "attribute is empty", line=line, field="attribute",
                          expected="a vehicle phrase or 21 comma-separated bits")
-    vehicle = bits = None
-    if "," in attribute or _VECTOR_CHARS.match(attribute):
-        parsed = parse_bits(attribute)
-        if isinstance(parsed, str):
-            raise InputError(file, f"pedestrian vector {parsed}", line=line, field="attribute",
-                             expected=f"{PEDESTRIAN_BITS} comma-separated 0/1 values")
-        bits = parsed
-        category, key = PEDESTRIAN, pedestrian_key(bits)
-    else:
-        vehicle = parse_vehicle_phrase(attribute)
-        if vehicle is None:
-            raise InputError(file, f"vehicle phrase {attribute!r} names no colour, brand or type",
-                             line=line, field="attribute", expected="e.g. 'A white Audi Sedan.'")
-        category, key = VEHICLE, vehicle.key
+    parsed = attributes.get(attribute) if attributes is not None else None
+    if parsed is None:
+        parsed = _parse_attribute(attribute, file, line)
+        if attributes is not None:
+            attributes[attribute] = parsed
+    category, key, vehicle, bits = parsed
     found = folder.find(image)
     if found is None:
         raise InputError(file, f"image {image!r} not found in {folder.path}", line=line,
@@ -247,6 +246,21 @@ def parse_line(text: str, *, file: Path, line: int, split: str, folder: Folder) 
     return Record(split=split, line=line, image=image, image_path=f"{folder.relative}/{found}",
                   category=category, attribute=attribute, key=key, text=caption, vehicle=vehicle,
                   bits=bits)
+
+
+def _parse_attribute(attribute: str, file: Path, line: int) -> tuple:
+    """(category, key, vehicle attributes, pedestrian bits) of an attribute field (both immutable)."""
+    if "," in attribute or _VECTOR_CHARS.match(attribute):
+        bits = parse_bits(attribute)
+        if isinstance(bits, str):
+            raise InputError(file, f"pedestrian vector {bits}", line=line, field="attribute",
+                             expected=f"{PEDESTRIAN_BITS} comma-separated 0/1 values")
+        return PEDESTRIAN, pedestrian_key(bits), None, bits
+    vehicle = parse_vehicle_phrase(attribute)
+    if vehicle is None:
+        raise InputError(file, f"vehicle phrase {attribute!r} names no colour, brand or type",
+                         line=line, field="attribute", expected="e.g. 'A white Audi Sedan.'")
+    return VEHICLE, vehicle.key, vehicle, None
 
 
 @dataclass
@@ -278,6 +292,7 @@ def read_split(root: str | Path, split: str) -> SplitLabels:
         raise InputError(file, f"a link to {file.resolve()}, outside the dataset root {root}",
                          expected="the label file inside the dataset root")
     seen: dict[str, tuple[int, str]] = {}
+    attributes: dict[str, tuple] = {}
     folder = Folder(images_dir(root, split), root)
     for number, text in read_lines(file):
         if isinstance(text, str) and not text.strip():
@@ -288,7 +303,7 @@ def read_split(root: str | Path, split: str) -> SplitLabels:
             result.errors.append(text)
             continue
         try:
-            record = parse_line(text, file=file, line=number, split=split, folder=folder)
+            record = parse_line(text, file=file, line=number, split=split, folder=folder, attributes=attributes)
             previous = seen.get(record.image_path)
             if previous and previous[1] != record.key:
                 raise InputError(file, f"image {record.image!r} is also labelled at line {previous[0]} "

@@ -32,6 +32,7 @@ Beside it, not in it: ``.prepared.prepare-state.safetensors`` (``state_path``), 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import struct
 import time
@@ -141,9 +142,13 @@ class Previous:
             if len(digests) != cache.count:
                 logger.warning("not reusing %s: %d digests for %d cached images", folder, len(digests), cache.count)
                 continue
-            for row, (digest, size) in enumerate(zip(digests, sizes.tolist())):
-                self._where.setdefault(digest, (cache, row))
-                self.sizes.setdefault(digest, (size[0], size[1]))
+            # built reversed, so a digest held twice keeps its first row; an earlier split's row first
+            where = dict(zip(reversed(digests), zip(itertools.repeat(cache), range(len(digests) - 1, -1, -1))))
+            where.update(self._where)
+            self._where = where
+            held = dict(zip(reversed(digests), map(tuple, reversed(sizes.tolist()))))
+            held.update(self.sizes)
+            self.sizes = held
 
     @staticmethod
     def _read(path: Path, decoder: str) -> tuple[list[bytes] | None, np.ndarray | None]:
@@ -159,7 +164,8 @@ class Previous:
         if digests.ndim != 2 or digests.shape[1] != 32 or sizes.shape != (len(digests), 2):
             raise UserError(f"{path}: sha256 {list(digests.shape)} and size {list(sizes.shape)}, "
                             "expected [n, 32] and [n, 2]")
-        return [row.tobytes() for row in digests], sizes
+        blob = digests.tobytes()
+        return [blob[i:i + 32] for i in range(0, len(blob), 32)], sizes
 
     def __len__(self) -> int:
         return len(self._where)

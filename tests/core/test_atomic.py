@@ -134,3 +134,31 @@ def test_write_json_streamed_writes_what_write_json_writes(tmp_path):
         assert (tmp_path / "streamed.json").read_bytes() == (tmp_path / "plain.json").read_bytes(), case
         write_json_streamed(tmp_path / "listed.json", plain)
         assert (tmp_path / "listed.json").read_bytes() == (tmp_path / "plain.json").read_bytes(), case
+
+
+def test_write_json_streamed_long_lists_of_flat_dicts(tmp_path):
+    """A manifest's lists are thousands of flat dicts, encoded many at a time (more than one batch
+    here), among other items: the bytes stay write_json's, whatever the strings hold (a brace, a
+    comma, a newline: the text the batches are split at), and with any item between the dicts."""
+    import random
+
+    from tasks.core.atomic import StreamedList, write_json, write_json_streamed
+
+    rng = random.Random(1)
+    tricky = ["}, {", '},\n      {', "}\n", "{", "é\u2028", '"', "\\", ""]
+    others = [None, 3, "text", [], {}, [1, 2], {"bits": [0, 1], "key": "p"}, {"a": {"b": 1}}]
+
+    def entry(i):
+        if rng.random() < 0.05:
+            return rng.choice(others)
+        item = {"image": f"{i:06d}.jpg", "text": rng.choice(tricky) + str(i), "n": i, "w": 1.5, "ok": i % 2 == 0,
+                "none": None}
+        if rng.random() < 0.3:       # a pedestrian: a list among the scalars
+            item = {"image": item["image"], "bits": [rng.randint(0, 1) for _ in range(5)], "width": i, "h": None}
+        return item
+
+    for count in (0, 1, 2, 1023, 1024, 1025, 2600):
+        items = [entry(i) for i in range(count)]
+        write_json(tmp_path / "plain.json", {"images": items, "n": count})
+        write_json_streamed(tmp_path / "streamed.json", {"images": StreamedList(lambda: iter(items), count), "n": count})
+        assert (tmp_path / "streamed.json").read_bytes() == (tmp_path / "plain.json").read_bytes(), count

@@ -81,6 +81,25 @@ def test_malformed_lines_name_file_line_and_field(tmp_path, line, field, words):
     assert parsed.lines == len(parsed.records) + len(parsed.errors)
 
 
+def test_a_repeated_attribute_is_parsed_once_and_each_bad_line_still_named(tmp_path):
+    """read_split remembers each distinct attribute's parse (a label file repeats a few thousand over
+    100,000 lines): the records are what parsing each line alone gives, and a bad attribute is an
+    error on every line that has it, each with its own line number."""
+    bad = ",".join("0" * 20)
+    ped = PED.split("$")[1]
+    lines = ["a.jpg$A white Audi.$one", f"b.jpg${ped}$two", "c.jpg$A white Audi.$three", f"d.jpg${bad}$four",
+             f"e.jpg${ped}$five", f"f.jpg${bad}$six"]
+    root = _dataset(tmp_path, lines, ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg"])
+    parsed = labels.read_split(root, "train")
+    folder = labels.Folder(root / "train" / "train_images", root)
+    alone = [labels.parse_line(line, file=parsed.file, line=n, split="train", folder=folder)
+             for n, line in enumerate(lines, start=1) if bad not in line]
+    assert parsed.records == alone
+    assert [r.line for r in parsed.records] == [1, 2, 3, 5]
+    assert [(e.line, e.field) for e in parsed.errors] == [(4, "attribute"), (6, "attribute")]
+    assert all("has 20 values" in str(e) for e in parsed.errors)
+
+
 def test_conflicting_duplicate_image_is_an_error_but_a_second_caption_is_not(tmp_path):
     root = _dataset(tmp_path, ["a.jpg$A white Audi.$This is a white Audi.",
                                "a.jpg$A white Audi.$A white Audi car.",
