@@ -200,6 +200,11 @@ def decode_file(path: str | Path, size: int | None, known: frozenset[bytes] | No
         return Decoded(None, None, exc.as_dict())
 
 
+def _with_status(outcome: Decoded, status: bytes | None) -> Decoded:
+    """``outcome`` with the file status a state gave (no new tuple without a state: status None)."""
+    return outcome if status is None else outcome._replace(status=status)
+
+
 def fingerprint(size: int) -> str:
     """What a prepared image is a function of, besides its file's bytes: this module's code (loading,
     padding, resizing), the versions of Pillow, its JPEG library and numpy, and the size. Two decodes
@@ -278,7 +283,7 @@ class Decoder:
                 if digest is not None and digest in self.known:
                     yield Decoded(None, None, None, digest, True, status)
                 else:
-                    yield decode_file(path, size, self.known)._replace(status=status)
+                    yield _with_status(decode_file(path, size, self.known), status)
             return
         if not self.known:      # nothing to reuse (a first prepare): the workers hash what they decode
             statuses: collections.deque = collections.deque()   # of the files handed out, not yet yielded
@@ -289,7 +294,7 @@ class Decoder:
                     yield name
 
             for outcome in self._map(looked(map(str, paths)), size):
-                yield outcome._replace(status=statuses.popleft())
+                yield _with_status(outcome, statuses.popleft())
             return
         # With known digests, every file is hashed here first (a read and a SHA-256: about 12 us for a
         # demo image, the hashing outside the GIL) and only the others go to the workers: a known file
@@ -308,7 +313,7 @@ class Decoder:
         rest = self._map((p for p, (_, e) in zip(paths, early) if e is None), size)
         for status, entry in early:
             if entry is None:       # decoded (and hashed again, from the bytes it decoded)
-                yield next(rest)._replace(status=status)
+                yield _with_status(next(rest), status)
             elif isinstance(entry, dict):
                 yield Decoded(None, None, entry, status=status)
             else:

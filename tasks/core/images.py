@@ -159,13 +159,14 @@ class ImageCache:
                             f"{self.size} px in shards of {self.shard_size}, {len(self.shards)} shard names); "
                             "rerun `trafficlip prepare`")
         self.row_bytes = self.size * self.size * 3
-        self._starts = [read_shard_layout(self.folder / name, self._rows_in(number), self.size)
+        self._starts = [read_shard_layout(self.folder / name, self.rows_in(number), self.size)
                         for number, name in enumerate(self.shards)]
 
     def __len__(self) -> int:
         return self.count
 
-    def _rows_in(self, number: int) -> int:
+    def rows_in(self, number: int) -> int:
+        """How many images shard ``number`` holds (``shard_size``, but fewer in the last)."""
         return max(0, min(self.shard_size, self.count - number * self.shard_size))
 
     def locate(self, index: int) -> tuple[int, int]:
@@ -301,7 +302,7 @@ class ShardWriter:
         write the index."""
         if self._refs:
             cache, first = self._refs[0]
-            if len(self._refs) == cache._rows_in(first // self.shard_size):   # the whole (last) shard
+            if len(self._refs) == cache.rows_in(first // self.shard_size):   # the whole (last) shard
                 self._link_refs()
             else:
                 self._write_refs()
