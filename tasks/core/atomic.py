@@ -138,13 +138,18 @@ _STR = frozenset({str})
 _BATCH = 1024       # flat dicts of a streamed list encoded in one call of the C encoder
 
 
+def _flat_dict(value) -> bool:
+    """A non-empty dict of str keys and scalar values: one call of the C encoder writes it as the
+    indented encoder does (``_flat_encoder``)."""
+    return (type(value) is dict and bool(value) and _SCALARS.issuperset(map(type, value.values()))
+            and _STR.issuperset(map(type, value)))
+
+
 def _flat(value) -> bool:
-    """A non-empty dict of str keys and scalar values, or a non-empty list of scalars: what one call of
-    the C encoder writes as the indented encoder does (``_flat_encoder``)."""
-    kind = type(value)
-    if kind is dict:
-        return bool(value) and _SCALARS.issuperset(map(type, value.values())) and _STR.issuperset(map(type, value))
-    return kind is list and bool(value) and _SCALARS.issuperset(map(type, value))
+    """A flat dict (``_flat_dict``) or a non-empty list of scalars."""
+    if type(value) is list:
+        return bool(value) and _SCALARS.issuperset(map(type, value))
+    return _flat_dict(value)
 
 
 @functools.lru_cache(maxsize=None)
@@ -161,8 +166,7 @@ def _json_text(value, level: int) -> str:
     generator step and a string per token (millions for a manifest of 100,000 images, all held by
     ``json.dumps`` until it joins them). A non-empty dict or list of plain scalars (a manifest's entry
     for an image or a pair) is encoded in one call of the C encoder (``_flat_encoder``)."""
-    kind = type(value)
-    if (kind is dict or kind is list) and _flat(value):
+    if _flat(value):
         text = _flat_encoder(level)(value)         # "{" item ",\n<indent>" item ... "}"
         return text[0] + "\n" + "  " * (level + 1) + text[1:-1] + "\n" + "  " * level + text[-1]
     if isinstance(value, str):
@@ -194,7 +198,7 @@ def _json_text(value, level: int) -> str:
 
 
 def _flat_dicts_text(dicts: list[dict], level: int) -> str:
-    """The indented text of flat dicts (``_flat``) at ``level``, as a list's items (joined by the list's
+    """The indented text of flat dicts (``_flat_dict``) at ``level``, as a list's items (joined by the list's
     separator), from one call of the C encoder: it writes ``[{a,S b},S {c,S d}]`` (S: the item separator
     of ``level``, with its newline); the indented encoder writes each dict's items after a newline, and
     the dicts apart. Only a dict's end and the next one's start are ``},S {``: an encoded string holds no
@@ -215,7 +219,7 @@ def _json_chunks(value, level: int = 0) -> Iterator[str]:
         separator = "[" + inner
         batch: list[dict] = []      # consecutive flat dicts (a manifest's entries): encoded together
         for item in value:
-            if type(item) is dict and _flat(item):
+            if _flat_dict(item):
                 batch.append(item)
                 if len(batch) == _BATCH:
                     yield separator + _flat_dicts_text(batch, level + 1)

@@ -161,9 +161,10 @@ class Folder:
 
     def find(self, name: str) -> str | None:
         """The name of the file for ``name``; names may lack their extension (``090000``)."""
-        if self._is_file(name):       # the usual case, the first name tried: no generator
-            return name
-        return next((candidate for candidate in _file_names(name) if self._is_file(candidate)), None)
+        for candidate in _file_names(name):
+            if self._is_file(candidate):
+                return candidate
+        return None
 
     def files(self) -> list[Path]:
         """Every file (links to files included), sorted by name."""
@@ -183,14 +184,12 @@ def resolve_image(images_dir: Path, name: str) -> Path | None:
     return next((images_dir / c for c in _file_names(name) if (images_dir / c).is_file()), None)
 
 
-def _file_names(name: str) -> Iterator[str]:
+def _file_names(name: str) -> tuple[str, ...]:
     """The file names a label's image name may stand for, in the order tried: the name itself, then,
     when it has no image extension (``090000``), the name with each one, lower then upper case."""
-    yield name
-    if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
-        for extension in IMAGE_EXTENSIONS:
-            yield name + extension
-            yield name + extension.upper()
+    if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+        return (name,)
+    return (name, *(name + suffix for extension in IMAGE_EXTENSIONS for suffix in (extension, extension.upper())))
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, str | InputError]]:

@@ -32,7 +32,6 @@ Beside it, not in it: ``.prepared.prepare-state.safetensors`` (``state_path``), 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import struct
 import time
@@ -142,13 +141,10 @@ class Previous:
             if len(digests) != cache.count:
                 logger.warning("not reusing %s: %d digests for %d cached images", folder, len(digests), cache.count)
                 continue
-            # built reversed, so a digest held twice keeps its first row; an earlier split's row first
-            where = dict(zip(reversed(digests), zip(itertools.repeat(cache), range(len(digests) - 1, -1, -1))))
-            where.update(self._where)
-            self._where = where
-            held = dict(zip(reversed(digests), map(tuple, reversed(sizes.tolist()))))
-            held.update(self.sizes)
-            self.sizes = held
+            for row, (digest, size) in enumerate(zip(digests, sizes.tolist())):
+                if digest not in self._where:       # a digest held twice keeps its first (earlier split's) row
+                    self._where[digest] = (cache, row)
+                    self.sizes[digest] = tuple(size)
 
     @staticmethod
     def _read(path: Path, decoder: str) -> tuple[list[bytes] | None, np.ndarray | None]:
