@@ -224,12 +224,13 @@ down:
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --out benchmarks/results.md
 
-# `make bench-scale`: prepare (1 and 2 decoding processes, and the old in-memory way), incremental prepare,
-# augment, evaluate, predict, retrieve and training's memory at 1,000 to 20,000 demo images, 224 px
-# (benchmarks/scale.py) -> its own section of benchmarks/results.md, which `make bench` keeps. About 30
-# minutes on 2 quiet cores, ~5 GB of memory and disk at its peak. The issue's sizes (up to 153,728 images,
-# torchrun): BENCH_SCALE_ARGS="--counts 1000,10000,50000,153728 --train-counts 1000,10000,153728 --torchrun"
-# (about an hour; 25 GB of disk).
+# `make bench-scale`: prepare (1 and 2 decoding processes, three runs each in alternation, and the old
+# in-memory way), incremental prepare, augment, evaluate, predict, retrieve and training's memory at 1,000 to
+# 20,000 demo images, 224 px (benchmarks/scale.py) -> its own section of benchmarks/results.md, which `make
+# bench` keeps. About 35 minutes on 2 quiet cores, ~5 GB of memory and disk at its peak. The issue's sizes
+# (up to 153,728 images, torchrun):
+# BENCH_SCALE_ARGS="--counts 1000,10000,50000,153728 --train-counts 1000,10000,153728 --torchrun"
+# (about an hour and a half; 25 GB of disk).
 BENCH_SCALE_ARGS ?=
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py $(BENCH_SCALE_ARGS) --results benchmarks/results.md

@@ -38,6 +38,10 @@ class Sink(Protocol):
         """One image: uint8 [S, S, 3], and the SHA-256 of its file (None without ``known``). The array
         is None when the file's digest was known (``scan(known=...)``): the sink has that image."""
 
+    def done(self, split: str, result: SplitScan) -> None:
+        """After the split's last image, before the next split's first: what the scan found in it
+        (records, image names, sizes and digests), final. The test split comes last."""
+
 
 @dataclass
 class SplitScan:
@@ -85,6 +89,7 @@ def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None =
     splits: dict[str, SplitScan] = {}
     summary: dict[str, dict] = {}
     with Decoder(workers, None if known is None else frozenset(known), state) as decoder:
+        decoder.start(image_size)       # the workers start up while the labels are read
         for split in labels.SPLITS:
             parsed = labels.read_split(root, split)
             for error in parsed.errors:
@@ -119,9 +124,13 @@ def scan(root: str | Path, *, image_size: int | None = None, sink: Sink | None =
                               "quarantined": parsed.lines - len(result.records), "blank_lines": parsed.blank_lines,
                               "images": len(result.image_paths), "by_category": by_category}
             splits[split] = result
+            if sink is not None:
+                sink.done(split, result)
         vocabulary = labels.extract_vocabulary(splits["train"].records)
         splits["test"], summary["test"] = _scan_test(root, image_size, vocabulary, rejected, progress, decoder, sink,
                                                      known)
+        if sink is not None:
+            sink.done("test", splits["test"])
     report = {"data": str(root), "splits": summary, "vocabulary": vocabulary.as_dict(),
               "rejected": rejected, "problems": len(rejected)}
     return Scan(root, report, splits, vocabulary)

@@ -51,7 +51,15 @@ MAX_PADDED_SIDE = 4096
 # module (numpy and Pillow, ~0.2 s, ~40 MB) and nothing of the parent, the same on Linux, macOS and Windows.
 # It also ends cleanly when its parent dies, even by SIGKILL: its stdin reaches end-of-file.
 IMAGES_PER_TASK = 8              # images a worker decodes per task: amortises the pickling round trip
-TASKS_IN_FLIGHT_PER_WORKER = 4   # tasks handed out ahead per worker: keeps every worker busy, bounds memory
+# Tasks handed out ahead of the consumer per worker: keeps every worker busy, bounds memory. At least
+# TASKS_IN_FLIGHT_PER_WORKER; more, up to MAX_TASKS_IN_FLIGHT_PER_WORKER, while the window's arrays fit in
+# WINDOW_BYTES of shared memory (a container's /dev/shm is 64 MB by default). Results are taken in order, so
+# a worker that falls behind (the scheduler put it aside for the writer: 3 processes on 2 cores) leaves
+# the other idle once it has done its share of the window: 4 tasks per worker left a core idle 4-5% of a
+# prepare on 2 cores, 16 about 3%.
+TASKS_IN_FLIGHT_PER_WORKER = 4
+MAX_TASKS_IN_FLIGHT_PER_WORKER = 16
+WINDOW_BYTES = 48 * 2 ** 20
 
 
 def load_image(path: str | Path | bytes, label: str = "<image bytes>", *, data: bytes | None = None) -> Image.Image:
@@ -237,10 +245,10 @@ class Decoder:
     ``with Decoder(workers) as decoder: for outcome in decoder.map(paths, size): ...``: outcomes come in
     the order of ``paths``. With ``known`` digests, every file is hashed and a file whose digest is
     known is not decoded (:func:`decode_file`): this process hashes them and sends the workers only
-    the others. Tasks of IMAGES_PER_TASK files go to the least busy worker, at most
-    ``workers x TASKS_IN_FLIGHT_PER_WORKER`` of them ahead of the consumer, so memory holds a bounded
-    window of decoded images whatever the number of files. Workers start as tasks need them (up to
-    ``workers``), serve every later ``map``, and stop on ``close`` (or leaving the ``with``).
+    the others. Tasks of IMAGES_PER_TASK files go to the least busy worker, at most ``window(size)``
+    of them ahead of the consumer, so memory holds a bounded window of decoded images whatever the
+    number of files. Workers start as tasks need them (up to ``workers``; all at once with ``start``),
+    serve every later ``map``, and stop on ``close`` (or leaving the ``with``).
 
     ``state`` (with ``known``; :class:`FileState`): looked at once per file, in order, before the file
     is read; each outcome carries the status it gave (``Decoded.status``), and a file whose vouched
@@ -262,6 +270,24 @@ class Decoder:
 
     def __exit__(self, kind, exc, tb) -> None:
         self.close(kill=kind is not None)
+
+    def window(self, size: int | None) -> int:
+        """How many tasks a map of ``size`` px hands out ahead of its consumer (see WINDOW_BYTES)."""
+        if not size:            # no arrays: a map without a size
+            return self.workers * TASKS_IN_FLIGHT_PER_WORKER
+        task_bytes = IMAGES_PER_TASK * size * size * 3
+        per_worker = min(MAX_TASKS_IN_FLIGHT_PER_WORKER, WINDOW_BYTES // (task_bytes * self.workers))
+        return self.workers * max(TASKS_IN_FLIGHT_PER_WORKER, per_worker)
+
+    def start(self, size: int | None) -> None:
+        """Start every worker now, ready for maps of ``size`` px, instead of as tasks need them: their
+        start-up (a fresh interpreter importing numpy and Pillow, ~0.2 s) then overlaps what the caller
+        does before its first map (``scan`` reads a split's labels). Nothing with one worker."""
+        if self.workers == 1:
+            return
+        self._slots_for(self.window(size), size)
+        while len(self._pool) < self.workers:
+            self._spawn()
 
     def close(self, kill: bool = False) -> None:
         """Stop the workers: each finishes what it has and exits at the end of its input (at once with
@@ -323,7 +349,7 @@ class Decoder:
 
     def _map(self, paths: Iterable[str | Path], size: int | None) -> Iterator[Decoded]:
         batches = _batches((str(p) for p in paths), IMAGES_PER_TASK)
-        window = self.workers * TASKS_IN_FLIGHT_PER_WORKER
+        window = self.window(size)
         slots = self._slots_for(window, size)
         slot_bytes = IMAGES_PER_TASK * size * size * 3 if slots is not None else 0
         owner: dict[int, _Worker] = {}
@@ -355,12 +381,15 @@ class Decoder:
         """The worker with the fewest tasks; a new one while every worker has some and there are fewer
         than ``workers`` (a small dataset starts only the workers it keeps busy)."""
         if len(self._pool) < self.workers and all(w.outstanding for w in self._pool):
-            # with known digests, map() sends a worker only files whose digest is not known: it hashes
-            # what it decodes (an empty set), and the set itself (50,000 digests: 2 MB) never travels
-            hashing = None if self.known is None else frozenset()
-            self._pool.append(_Worker(len(self._pool), self._done, self._results, hashing,
-                                      None if self._slots is None else self._slots.fd))
+            self._spawn()
         return min(self._pool, key=lambda w: w.outstanding)
+
+    def _spawn(self) -> None:
+        # with known digests, map() sends a worker only files whose digest is not known: it hashes
+        # what it decodes (an empty set), and the set itself (50,000 digests: 2 MB) never travels
+        hashing = None if self.known is None else frozenset()
+        self._pool.append(_Worker(len(self._pool), self._done, self._results, hashing,
+                                  None if self._slots is None else self._slots.fd))
 
     def _slots_for(self, window: int, size: int | None) -> _Slots | None:
         """Shared memory with room for ``window`` tasks' arrays of ``size`` px (made, or grown, before

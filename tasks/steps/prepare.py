@@ -35,7 +35,9 @@ import contextlib
 import os
 import struct
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -268,10 +270,11 @@ class FileState:
 
 class _Writers:
     """``scan``'s sink for a prepare: each split's :class:`ShardWriter`; a reused image's rows come from
-    the previous cache (linked with its whole shard when they can be)."""
+    the previous cache (linked with its whole shard when they can be). A split, once scanned, is given to
+    ``finish(split, result)``."""
 
-    def __init__(self, writers: dict[str, ShardWriter], previous: Previous):
-        self.writers, self.previous = writers, previous
+    def __init__(self, writers: dict[str, ShardWriter], previous: Previous, finish: Callable[[str, SplitScan], None]):
+        self.writers, self.previous, self.finish = writers, previous, finish
 
     def expect(self, split: str, count: int) -> None:
         self.writers[split].expect(count)
@@ -281,6 +284,9 @@ class _Writers:
             self.writers[split].add_reused(*self.previous.where(digest))
         else:
             self.writers[split].add(array)
+
+    def done(self, split: str, result: SplitScan) -> None:
+        self.finish(split, result)
 
 
 def run(params: dict, data: str | Path, out: str | Path) -> dict:
@@ -301,19 +307,31 @@ def run(params: dict, data: str | Path, out: str | Path) -> dict:
     if len(previous):
         logger.info("%d image(s) of the previous cache can be reused (same file bytes, same decoder)", len(previous))
 
+    def finish(split: str, split_scan: SplitScan) -> None:
+        """A scanned split's last shard and index, its reuse keys and its manifest."""
+        writers[split].close()
+        write_sources(staged[split], split_scan, decoder)
+        manifest = (_test_manifest(split_scan, image_size) if split == "test"
+                    else _labelled_manifest(split, split_scan, image_size))
+        write_json_streamed(staged[split] / MANIFEST, manifest)
+
     with contextlib.ExitStack() as stack:
         # each split's new folder, swapped in for the old one when the stack closes without an error
         staged = {split: stack.enter_context(atomic_dir(out / split)) for split in SPLITS}
         writers = {split: stack.enter_context(ShardWriter(staged[split], image_size, shard_size)) for split in SPLITS}
-        result = scan(data, image_size=image_size, sink=_Writers(writers, previous), workers=workers,
-                      known=previous.sizes, state=state, progress=lambda it, n, d: log.progress(it, n, d, logger))
+        # each split is finished on a thread while the next one decodes (its manifest is Python work the
+        # decoding processes would otherwise wait for at the end); left on an error: the thread's current
+        # split finishes, and what was not started is dropped, before the writers and folders go
+        finisher = ThreadPoolExecutor(1, thread_name_prefix="prepare-finish")
+        stack.callback(finisher.shutdown, wait=True, cancel_futures=True)
+        finished: list[Future] = []
+        sink = _Writers(writers, previous, lambda split, split_scan: finished.append(
+            finisher.submit(finish, split, split_scan)))
+        result = scan(data, image_size=image_size, sink=sink, workers=workers, known=previous.sizes, state=state,
+                      progress=lambda it, n, d: log.progress(it, n, d, logger))
+        for future in finished:
+            future.result()
         enforce(result, params["data"]["on_error"], out / PREPARED_VALIDATION_REPORT)
-        for split, split_scan in result.splits.items():
-            writers[split].close()
-            write_sources(staged[split], split_scan, decoder)
-            manifest = (_test_manifest(split_scan, image_size) if split == "test"
-                        else _labelled_manifest(split, split_scan, image_size))
-            write_json_streamed(staged[split] / MANIFEST, manifest)
     write_json(out / VOCABULARY, result.vocabulary.as_dict())
     state.record(result)
     counts = {split: {k: v for k, v in s.items() if k in ("lines", "kept", "quarantined", "images", "queries")}

@@ -19,13 +19,21 @@ class _Collect:
     def __init__(self):
         self.arrays: dict[str, list[np.ndarray]] = {}
         self.expected: dict[str, int] = {}
+        self.finished: dict[str, dataset.SplitScan] = {}   # in the order done() came
 
     def expect(self, split, count):
         assert split not in self.arrays            # before the split's first image
         self.expected[split] = count
 
     def add(self, split, array, digest):
+        splits = ["train", "val", "test"]
+        assert list(self.finished) == splits[:splits.index(split)]    # each earlier split done, this one not yet
         self.arrays.setdefault(split, []).append(array)
+
+    def done(self, split, result):
+        assert split not in self.finished
+        assert len(result.image_paths) == len(self.arrays.get(split, []))     # after its last image
+        self.finished[split] = result
 
 
 def _collecting() -> tuple[dict[str, list[np.ndarray]], dataset.Sink]:
@@ -54,6 +62,8 @@ def test_a_clean_dataset_is_decoded_once_per_image_at_the_size_asked_for(tiny_ra
     assert len(test.image_paths) == len(list((tiny_raw / "test" / "test_images").iterdir()))
     assert len(arrays["test"]) == len(test.image_paths)
     assert not hasattr(test, "image_arrays")                               # scanning keeps no pixels
+    assert list(sink.finished) == ["train", "val", "test"]                 # each split's final scan, in turn
+    assert all(sink.finished[split] is result.splits[split] for split in sink.finished)
     with pytest.raises(ValueError, match="a sink needs an image_size"):
         dataset.scan(tiny_raw, sink=sink)
 

@@ -53,8 +53,18 @@ def test_arrays_through_shared_memory_or_the_pipes_are_the_same_and_a_larger_siz
                 assert all(b is None or b.flags.owndata for b in pooled)
         assert (two._slots is not None) == shared
         if shared:
-            assert two._slots.capacity == 2 * decode.TASKS_IN_FLIGHT_PER_WORKER * decode.IMAGES_PER_TASK * 40 * 40 * 3
+            assert two._slots.capacity == two.window(40) * decode.IMAGES_PER_TASK * 40 * 40 * 3
     assert two._slots is None
+
+
+def test_the_window_of_tasks_fits_a_containers_shared_memory():
+    """Tasks in flight: 16 per worker while their arrays fit in 48 MB (a container's /dev/shm is 64 MB
+    unless told otherwise), never fewer than 4 per worker."""
+    task = decode.IMAGES_PER_TASK * 224 * 224 * 3                          # 1.2 MB at 224 px
+    assert decode.Decoder(2).window(224) == 32                             # 38.5 MB
+    assert decode.Decoder(8).window(224) == 40 and 40 * task <= 48 * 2 ** 20
+    assert decode.Decoder(16).window(224) == 64                            # 4 each: 77 MB, as before
+    assert decode.Decoder(2).window(96) == 32 and decode.Decoder(2).window(None) == 8
 
 
 def test_no_room_in_shared_memory_means_the_pipes(tiny_raw, tmp_path, monkeypatch):
@@ -63,9 +73,10 @@ def test_no_room_in_shared_memory_means_the_pipes(tiny_raw, tmp_path, monkeypatc
     a worker dying of SIGBUS, and they are the same."""
     files = _files(tiny_raw, tmp_path, 30)
     real = decode._allocate
+    room = decode.Decoder(2).window(12) * decode.IMAGES_PER_TASK * 12 * 12 * 3       # 12 px, not 40
 
     def full(fd, size):
-        if size > 2 * decode.TASKS_IN_FLIGHT_PER_WORKER * decode.IMAGES_PER_TASK * 12 * 12 * 3:
+        if size > room:
             raise OSError(28, "No space left on device")
         real(fd, size)
     monkeypatch.setattr(decode, "_allocate", full)
@@ -74,7 +85,7 @@ def test_no_room_in_shared_memory_means_the_pipes(tiny_raw, tmp_path, monkeypatc
             serial = [o.array for o in one.map(files, size)]
             pooled = [o.array for o in two.map(files, size)]
             assert all((a is None and b is None) or np.array_equal(a, b) for a, b in zip(serial, pooled, strict=True))
-        assert two._slots is not None and two._slots.capacity == 2 * 4 * 8 * 12 * 12 * 3      # not grown
+        assert two._slots is not None and two._slots.capacity == room      # not grown
     monkeypatch.setattr(decode, "_allocate", lambda fd, size: (_ for _ in ()).throw(OSError(28, "full")))
     with decode.Decoder(2) as two:
         assert [o.size for o in two.map(files, 12)] == [o.size for o in decode.Decoder(1).map(files, 12)]

@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tasks.core import images, labels, models
-from tasks.core.atomic import write_json
+from tasks.core.atomic import StreamedList, write_json
 from tasks.core.errors import TrafficlipError
 from tasks.steps import prepare
 from tests.support import ROOT
@@ -114,6 +114,42 @@ def test_a_failing_check_leaves_the_previous_cache_as_it_was(damaged_raw, tiny_r
     after = _files(out)
     assert json.loads(after.pop("validation_report.json"))["problems"] == 3
     assert after == before
+
+
+@pytest.mark.parametrize("where", ["finishing train", "scanning val"])
+def test_an_error_while_a_split_is_finished_or_the_next_decoded_leaves_the_previous_cache(tiny_raw, tmp_path,
+                                                                                           monkeypatch, where):
+    """A scanned split is finished (last shard, reuse keys, manifest) on a thread while the next one
+    decodes: an error on either side reaches the caller, and the previous cache stays as it was, with
+    no temporaries left behind."""
+    out = tmp_path / "prepared"
+    prepare.run(_params(7, 2), tiny_raw, out)
+    before = _files(out)
+    if where == "finishing train":       # the disk fills while the training manifest is written
+        real = prepare.write_json_streamed
+
+        def full_disk():
+            raise OSError(28, "No space left on device")
+            yield
+
+        def write(target, obj):
+            if Path(target).parent.name.startswith(".train."):
+                obj = {**obj, "images": StreamedList(full_disk, 1)}
+            return real(target, obj)
+        monkeypatch.setattr(prepare, "write_json_streamed", write)
+        expected = r"\.train\.[^/]*\.tmp/manifest\.json: cannot write it: No space left on device"
+    else:
+        real_add = prepare._Writers.add
+
+        def add(self, split, array, digest):
+            if split == "val":
+                raise RuntimeError("the decoder broke")
+            return real_add(self, split, array, digest)
+        monkeypatch.setattr(prepare._Writers, "add", add)
+        expected = "the decoder broke"
+    with pytest.raises((TrafficlipError, RuntimeError), match=expected):
+        prepare.run(_params(7, 2), tiny_raw, out)
+    assert _files(out) == before                              # hidden temporaries (.NAME.*.tmp) included
 
 
 def _slow_to_decode(raw: Path) -> None:
