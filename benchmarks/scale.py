@@ -406,6 +406,11 @@ def files_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != SOURCES}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (the later of the middle two for an even number)."""
+    return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+
+
 def add_training_images(raw: Path, count: int, work: Path) -> int:
     """Add ``count`` training images and their label lines to the demo dataset ``raw``: another draw
     of the demo generator (seed 12), each file and label renamed ``added-...`` so no name collides."""
@@ -532,8 +537,7 @@ def main() -> int:
                     state_path(out).unlink(missing_ok=True)
             for method, rows in runs_of.items():
                 if rows:
-                    median = sorted(rows, key=lambda r: r["seconds"])[len(rows) // 2]
-                    prepare_rows[method][count] = {**median, "all_seconds": [r["seconds"] for r in rows],
+                    prepare_rows[method][count] = {**median_run(rows), "all_seconds": [r["seconds"] for r in rows],
                                                    **{k: max(r[k] for r in rows) for k in ("peak_mb", "tree_peak_mb")}}
             same_output.append(len(digests) == 1)
             for stage in stage_rows:
@@ -577,8 +581,7 @@ def main() -> int:
                           flush=True)
                     shutil.rmtree(copy)
                     state_path(copy).unlink(missing_ok=True)
-                row = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]        # the median run
-                incremental_rows[count] = {**row, "added": added, "all_seconds": [r["seconds"] for r in runs]}
+                incremental_rows[count] = {**median_run(runs), "added": added, "all_seconds": [r["seconds"] for r in runs]}
             shutil.rmtree(kept)
             shutil.rmtree(raw)
     finally:

@@ -270,11 +270,13 @@ class FileState:
 
 class _Writers:
     """``scan``'s sink for a prepare: each split's :class:`ShardWriter`; a reused image's rows come from
-    the previous cache (linked with its whole shard when they can be). A split, once scanned, is given to
-    ``finish(split, result)``."""
+    the previous cache (linked with its whole shard when they can be). A split, once scanned, is finished
+    by ``finish(split, result)`` on ``finisher``'s thread; ``finished`` holds those tasks, in order."""
 
-    def __init__(self, writers: dict[str, ShardWriter], previous: Previous, finish: Callable[[str, SplitScan], None]):
-        self.writers, self.previous, self.finish = writers, previous, finish
+    def __init__(self, writers: dict[str, ShardWriter], previous: Previous,
+                 finish: Callable[[str, SplitScan], None], finisher: ThreadPoolExecutor):
+        self.writers, self.previous, self.finish, self.finisher = writers, previous, finish, finisher
+        self.finished: list[Future] = []
 
     def expect(self, split: str, count: int) -> None:
         self.writers[split].expect(count)
@@ -286,7 +288,7 @@ class _Writers:
             self.writers[split].add(array)
 
     def done(self, split: str, result: SplitScan) -> None:
-        self.finish(split, result)
+        self.finished.append(self.finisher.submit(self.finish, split, result))
 
 
 def run(params: dict, data: str | Path, out: str | Path) -> dict:
@@ -324,12 +326,10 @@ def run(params: dict, data: str | Path, out: str | Path) -> dict:
         # split finishes, and what was not started is dropped, before the writers and folders go
         finisher = ThreadPoolExecutor(1, thread_name_prefix="prepare-finish")
         stack.callback(finisher.shutdown, wait=True, cancel_futures=True)
-        finished: list[Future] = []
-        sink = _Writers(writers, previous, lambda split, split_scan: finished.append(
-            finisher.submit(finish, split, split_scan)))
+        sink = _Writers(writers, previous, finish, finisher)
         result = scan(data, image_size=image_size, sink=sink, workers=workers, known=previous.sizes, state=state,
                       progress=lambda it, n, d: log.progress(it, n, d, logger))
-        for future in finished:
+        for future in sink.finished:
             future.result()
         enforce(result, params["data"]["on_error"], out / PREPARED_VALIDATION_REPORT)
     write_json(out / VOCABULARY, result.vocabulary.as_dict())
