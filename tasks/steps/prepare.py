@@ -16,8 +16,9 @@ reruns) hashes every file (or takes its digest from the file state, ``FileState`
 inode, size and times are unchanged since it was hashed) and decodes only those whose digest the
 previous cache does not hold; the others' rows are copied from it. Same bytes and same fingerprint
 means the same decode, so the result is byte-for-byte a full prepare's (tested); the log and the
-step's result say how many images were decoded and how many reused (docs/scale.md). A shard whose rows are all a previous shard's, in order,
-is that file, hard-linked: adding images at the end of a split rewrites only its last shard.
+step's result say how many images were decoded and how many reused (docs/scale.md). A shard whose rows
+are all a previous shard's, in order, is that file, hard-linked: adding images at the end of a split
+rewrites only its last shard.
 
 Output (``data/prepared``, a DVC stage output):
   {train,val,test}/images-*.safetensors + images.json   padded, resized uint8 images
@@ -271,14 +272,20 @@ class FileState:
 class _Writers:
     """``scan``'s sink for a prepare: each split's :class:`ShardWriter`; a reused image's rows come from
     the previous cache (linked with its whole shard when they can be). A split, once scanned, is finished
-    by ``finish(split, result)`` on ``finisher``'s thread; ``finished`` holds those tasks, in order."""
+    by ``finish(split, result)`` on ``finisher``'s thread; ``finished`` holds those tasks, in order. A
+    finish that failed is raised here at the next split's start or end, or within ``CHECK_EVERY`` images
+    of the next split: the scan stops then, not after decoding the rest of the dataset."""
+
+    CHECK_EVERY = 1024
 
     def __init__(self, writers: dict[str, ShardWriter], previous: Previous,
                  finish: Callable[[str, SplitScan], None], finisher: ThreadPoolExecutor):
         self.writers, self.previous, self.finish, self.finisher = writers, previous, finish, finisher
         self.finished: list[Future] = []
+        self._added = 0
 
     def expect(self, split: str, count: int) -> None:
+        self.raise_failed()
         self.writers[split].expect(count)
 
     def add(self, split: str, array, digest: bytes | None) -> None:
@@ -286,9 +293,19 @@ class _Writers:
             self.writers[split].add_reused(*self.previous.where(digest))
         else:
             self.writers[split].add(array)
+        self._added += 1
+        if self._added % self.CHECK_EVERY == 0:
+            self.raise_failed()
 
     def done(self, split: str, result: SplitScan) -> None:
+        self.raise_failed()
         self.finished.append(self.finisher.submit(self.finish, split, result))
+
+    def raise_failed(self) -> None:
+        """The error of a finish that failed, if one has (without waiting for those still running)."""
+        for future in self.finished:
+            if future.done() and future.exception() is not None:
+                future.result()
 
 
 def run(params: dict, data: str | Path, out: str | Path) -> dict:

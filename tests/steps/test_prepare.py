@@ -152,6 +152,30 @@ def test_an_error_while_a_split_is_finished_or_the_next_decoded_leaves_the_previ
     assert _files(out) == before                              # hidden temporaries (.NAME.*.tmp) included
 
 
+def test_a_split_that_failed_to_finish_stops_the_scan_of_the_next(tiny_raw, tmp_path, monkeypatch):
+    """The training split's finish fails while the validation split decodes: the scan stops within
+    ``CHECK_EVERY`` images (here 1) instead of decoding the rest of the dataset first."""
+    out = tmp_path / "prepared"
+
+    def broken(target, split_scan, decoder):
+        if Path(target).name.startswith(".train."):
+            raise RuntimeError("the training split's reuse keys broke")
+    monkeypatch.setattr(prepare, "write_sources", broken)
+    monkeypatch.setattr(prepare._Writers, "CHECK_EVERY", 1)
+    real_add, added = prepare._Writers.add, []
+
+    def add(self, split, array, digest):
+        if split != "train":
+            self.finished[0].exception()     # the training split's finish has failed before this image
+        added.append(split)
+        return real_add(self, split, array, digest)
+    monkeypatch.setattr(prepare._Writers, "add", add)
+    with pytest.raises(RuntimeError, match="reuse keys broke"):
+        prepare.run(_params(7, 2), tiny_raw, out)
+    assert added.count("val") == 1 and "test" not in added
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]         # no temporaries left
+
+
 def _slow_to_decode(raw: Path) -> None:
     """Make the training images large (each takes tens of milliseconds to decode and shrink)."""
     for path in sorted((raw / "train" / "train_images").iterdir()):
